@@ -1,0 +1,54 @@
+"""The ``nestedfp::linear`` custom op: what vLLM's linear method calls.
+
+An opaque op (with a fake implementation) so ``torch.compile`` does not trace into it and
+CUDA graphs capture it whole. The precision mode is an int32 tensor that the op reads at
+run time, so flipping it needs no recompile and no graph recapture.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.nested_format import NestedWeight
+from kernels.reference import nested_linear
+
+MODE_FP16 = 0
+MODE_FP8 = 1
+MODE_CODES = {"fp16": MODE_FP16, "fp8": MODE_FP8}
+MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
+
+
+def new_mode_tensor(device: torch.device | str, mode: str = "fp16") -> torch.Tensor:
+    """A one-element int32 tensor holding the mode code, on the model's device."""
+    return torch.full((1,), MODE_CODES[mode], dtype=torch.int32, device=device)
+
+
+@torch.library.custom_op("nestedfp::linear", mutates_args=())
+def nestedfp_linear(
+    x: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y = x @ W.T`` with W rebuilt from both planes (mode 0) or the upper plane alone (mode 1)."""
+    nw = NestedWeight(upper, lower, scale_exp)
+    name = MODE_NAMES[int(mode.item())]
+    return nested_linear(x, nw, name, bias)
+
+
+@nestedfp_linear.register_fake
+def _nestedfp_linear_fake(x, upper, lower, mode, scale_exp, bias=None):
+    return x.new_empty((*x.shape[:-1], upper.shape[0]))
+
+
+def _register_cuda_impl() -> None:
+    try:
+        from kernels.triton_dispatch import nested_linear_cuda
+    except ImportError:  # Triton absent: the reference serves every device
+        return
+    nestedfp_linear.register_kernel("cuda")(nested_linear_cuda)
+
+
+_register_cuda_impl()
