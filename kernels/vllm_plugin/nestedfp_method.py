@@ -1,0 +1,113 @@
+"""The ``nestedfp`` quantization method: FP16 checkpoints stored as two byte planes.
+
+Loads an ordinary FP16 checkpoint; after loading, each linear weight is split into its
+E4M3 upper plane and residual lower plane (same bytes as FP16). The linear method calls the
+``nestedfp::linear`` op, which reads the shared mode tensor at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.nn import Parameter
+
+from vllm.model_executor.layers.linear import LinearBase, LinearMethodBase
+from vllm.model_executor.layers.quantization import register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.parameter import ModelWeightParameter
+from vllm.model_executor.utils import set_weight_attrs
+
+from kernels.nested_format import NestedRangeError, nested_split
+from kernels.vllm_plugin.precision import mode_tensor
+
+logger = logging.getLogger(__name__)
+
+
+@register_quantization_config("nestedfp")
+class NestedFPConfig(QuantizationConfig):
+    """Chosen by the user (``quantization="nestedfp"``); needs nothing from the checkpoint."""
+
+    def __repr__(self) -> str:
+        return "NestedFPConfig()"
+
+    def get_name(self) -> str:
+        return "nestedfp"
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.float16]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 89  # FP8 tensor cores (Ada, Hopper); the CPU path ignores this
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "NestedFPConfig":
+        return cls()
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> "NestedFPLinearMethod | None":
+        # Linear layers only: embeddings and lm_head (vocab-parallel embeddings) stay as vLLM has them.
+        if isinstance(layer, LinearBase):
+            return NestedFPLinearMethod(prefix)
+        return None
+
+
+class NestedFPLinearMethod(LinearMethodBase):
+    """FP16 weights at load time; two planes plus a run-time mode afterwards."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
+        weight_loader = extra_weight_attrs.pop("weight_loader")
+        weight = ModelWeightParameter(
+            data=torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            input_dim=1,
+            output_dim=0,
+            weight_loader=weight_loader,
+        )
+        layer.register_parameter("weight", weight)
+        set_weight_attrs(weight, extra_weight_attrs)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight = layer.weight.data
+        layer.nestedfp_prefix = self.prefix
+        if weight.dtype != torch.float16:
+            logger.warning("nestedfp: %s is %s, not float16; kept as is", self.prefix, weight.dtype)
+            layer.nestedfp_nested = False
+            return
+        try:
+            nw = nested_split(weight)
+        except NestedRangeError as e:
+            logger.warning("nestedfp: %s kept in plain FP16 (%s)", self.prefix, e)
+            layer.nestedfp_nested = False
+            return
+        del layer.weight  # frees the FP16 copy: peak extra memory is this one layer's planes
+        layer.upper = Parameter(nw.upper, requires_grad=False)
+        layer.lower = Parameter(nw.lower, requires_grad=False)
+        layer.nestedfp_scale_exp = nw.scale_exp
+        layer.nestedfp_nested = True
+        layer.register_buffer("nestedfp_mode", mode_tensor(nw.upper.device), persistent=False)
+        if nw.scale_exp:
+            logger.info("nestedfp: %s nested with pre-scale 2**-%d", self.prefix, nw.scale_exp)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not layer.nestedfp_nested:
+            return torch.nn.functional.linear(x, layer.weight, bias)
+        return torch.ops.nestedfp.linear(
+            x, layer.upper, layer.lower, layer.nestedfp_mode, layer.nestedfp_scale_exp, bias
+        )
