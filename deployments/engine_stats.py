@@ -1,0 +1,93 @@
+"""Per-step engine signals for the precision policy, taken from vLLM's own stat-logger hook.
+
+vLLM loads ``vllm.stat_logger_plugins`` entry points into the process that runs the engine
+client (here: the Serve replica), and calls ``record`` once per engine step with the
+scheduler's counts and the step's token latencies. The logger writes into a process-wide
+sliding window that the replica reads when it reports to the controller.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+WINDOW_S = 10.0
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+class EngineStatsWindow:
+    """The last ``WINDOW_S`` seconds of engine steps: (time, running, waiting, kv, tokens, ttfts, itls)."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
+        self._steps: deque[tuple[float, int, int, float, int, list[float], list[float]]] = deque()
+        self._latest = (0, 0, 0.0)
+        self._lock = threading.Lock()
+
+    def record(self, running: int, waiting: int, kv: float, tokens: int, ttfts: list[float], itls: list[float]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._latest = (running, waiting, kv)
+            self._steps.append((now, running, waiting, kv, tokens, list(ttfts), list(itls)))
+            while self._steps and self._steps[0][0] < now - self.window_s:
+                self._steps.popleft()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current queue state plus latency percentiles and rates over the window."""
+        now = time.monotonic()
+        with self._lock:
+            steps = [s for s in self._steps if s[0] >= now - self.window_s]
+            running, waiting, kv = self._latest
+        ttfts = [t for s in steps for t in s[5]]
+        itls = [t for s in steps for t in s[6]]
+        tokens = sum(s[4] for s in steps)
+        busy_steps = [s[4] for s in steps if s[4] > 0]
+        span = min(self.window_s, now - steps[0][0]) if steps else 0.0
+        return {
+            "num_running": running,
+            "num_waiting": waiting,
+            "kv_cache_usage": min(1.0, max(0.0, kv)),
+            "ttft_p50": _percentile(ttfts, 0.5),
+            "ttft_p90": _percentile(ttfts, 0.9),
+            "tpot_p50": _percentile(itls, 0.5),
+            "tpot_p90": _percentile(itls, 0.9),
+            "tokens_per_s": tokens / span if span > 0 else 0.0,
+            "scheduled_tokens_per_step": sum(busy_steps) / len(busy_steps) if busy_steps else 0.0,
+        }
+
+
+WINDOW = EngineStatsWindow()
+
+
+class PolicySignalsStatLogger(StatLoggerBase):
+    """Feeds ``WINDOW`` from every engine step; registered as a vLLM stat-logger plugin."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        self.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        WINDOW.max_num_batched_tokens = self.max_num_batched_tokens  # type: ignore[attr-defined]
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0, **_: Any) -> None:
+        if scheduler_stats is None and iteration_stats is None:
+            return
+        running = getattr(scheduler_stats, "num_running_reqs", 0) if scheduler_stats else WINDOW._latest[0]
+        waiting = getattr(scheduler_stats, "num_waiting_reqs", 0) if scheduler_stats else WINDOW._latest[1]
+        kv = getattr(scheduler_stats, "kv_cache_usage", 0.0) if scheduler_stats else WINDOW._latest[2]
+        tokens, ttfts, itls = 0, [], []
+        if iteration_stats is not None:
+            tokens = iteration_stats.num_generation_tokens + iteration_stats.num_prompt_tokens
+            ttfts = iteration_stats.time_to_first_tokens_iter
+            itls = iteration_stats.inter_token_latencies_iter
+        WINDOW.record(running, waiting, kv, tokens, ttfts, itls)
+
+    def log_engine_initialized(self) -> None:
+        pass
