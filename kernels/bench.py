@@ -1,0 +1,314 @@
+"""NestedFP Triton GEMMs against cuBLAS on Llama-3.1 8B / 70B linears (run on the GPU).
+
+    python -m kernels.bench [--quick] [--out PATH]
+
+Per shape and M: cuBLAS FP16 (torch.matmul), cuBLASLt FP8 (torch._scaled_mm, row-wise scales,
+activations quantized beforehand and not timed), NestedFP16 and NestedFP8 through the full
+``nested_linear_cuda`` op (both precisions' launches, the device-side mode picks one; NestedFP8
+includes its activation quantization). Every shape is checked against ``kernels.reference``
+before it is timed. Times: ``triton.testing.do_bench`` medians (L2 flushed before each run).
+Also: ragged-shape checks (M = 1, 7, 33, 4097; N, K not multiples of 128; pre-scale, bias,
+bf16), the cost of the mode switch at decode, and the CUDA-graph mode flip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from kernels import NestedWeight, nested_linear, nested_merge, nested_split
+from kernels.ops import MODE_CODES, new_mode_tensor
+from kernels.reference import quantize_per_token
+from kernels.triton_dispatch import nested_linear_cuda
+from kernels.triton_fp8 import nested_fp8_gemm
+from kernels.triton_fp16 import nested_fp16_gemm, tile_ids
+from kernels.tuning import LLAMA_SHAPES, TileConfig, get_config
+import triton.language as tl
+
+MS = (1, 16, 64, 256, 1024, 4096, 8192)
+TOL = {"fp16": 5e-3, "fp8": 5e-3}  # fp16 GEMM-level error; fp8 against the fp8 reference (same quantization)
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return float((y.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def bench(fn) -> float:
+    """Median microseconds."""
+    return triton.testing.do_bench(fn, return_mode="median") * 1e3
+
+
+def make_weight(n: int, k: int, amax: float = 0.25) -> NestedWeight:
+    """Gaussian-like FP16 weights; |w| >= amax / 512 so that a pre-scale (amax > 1.875) stays exact."""
+    w = (torch.randn(n, k, device="cuda") * (amax / 4)).clamp(-amax, amax)
+    w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
+    return nested_split(w.half())
+
+
+def check(x: torch.Tensor, nw: NestedWeight, bias: torch.Tensor | None = None) -> dict[str, float]:
+    """Relative error of the op against the reference in both modes; raises if either is off."""
+    errs = {}
+    for mode in ("fp16", "fp8"):
+        y = nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cuda", mode), nw.scale_exp, bias)
+        errs[mode] = rel_err(y, nested_linear(x, nw, mode, bias))
+        if not errs[mode] < TOL[mode] * (4 if x.dtype == torch.bfloat16 else 1):
+            raise AssertionError(f"{mode} rel err {errs[mode]:.3g} for x {tuple(x.shape)} W {tuple(nw.shape)}")
+    return errs
+
+
+def ragged_checks() -> list[dict]:
+    """Correctness where tiles do not divide the shape, plus pre-scale, bias and bf16."""
+    rows = []
+    cases = [(m, n, k) for m in (1, 7, 33, 4097) for n, k in ((4096, 4096), (1000, 4096), (4096, 1000), (6144, 4000))]
+    for m, n, k in cases:
+        nw = make_weight(n, k)
+        rows.append(dict(m=m, n=n, k=k, **check(torch.randn(m, k, device="cuda").half(), nw)))
+    nw = make_weight(3000, 2048, amax=5.0)  # pre-scaled
+    assert nw.scale_exp > 0
+    bias = torch.randn(3000, device="cuda").half()
+    for m in (1, 33, 300):
+        x = torch.randn(m, 2048, device="cuda").half()
+        rows.append(dict(m=m, n=3000, k=2048, scale_exp=nw.scale_exp, bias=True, **check(x, nw, bias)))
+        rows.append(dict(m=m, n=3000, k=2048, scale_exp=nw.scale_exp, dtype="bf16",
+                         **check(x.bfloat16(), nw, bias.bfloat16())))
+    return rows
+
+
+def scaled_mm_fn(x: torch.Tensor, nw: NestedWeight):
+    """cuBLASLt FP8 with row-wise scales on pre-quantized activations (None if torch refuses)."""
+    xq, xs = quantize_per_token(x)
+    ws = torch.full((1, nw.shape[0]), nw.fp8_weight_scale, device="cuda", dtype=torch.float32)
+    for dtype in (torch.float16, torch.bfloat16):
+        fn = lambda: torch._scaled_mm(xq, nw.upper.t(), scale_a=xs, scale_b=ws, out_dtype=dtype)  # noqa: E731
+        try:
+            fn()
+            return fn, str(dtype).split(".")[-1]
+        except RuntimeError:
+            continue
+    return None, None
+
+
+@triton.jit
+def plain_fp16_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+    """Diagnostic: the NestedFP16 kernel's loop on an ordinary FP16 weight (no merge), same tiles."""
+    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + (offs_n % N)[:, None].to(tl.int64) * K + offs_k[None, :]
+    x_ptrs = x_ptr + (offs_m % M)[:, None].to(tl.int64) * K + offs_k[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        acc = tl.dot(tl.load(x_ptrs), tl.trans(tl.load(w_ptrs)), acc)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(tl.float16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def plain_fp16_fn(x: torch.Tensor, w16: torch.Tensor, cfg: TileConfig):
+    """Triton FP16 GEMM without the merge (K must divide by block_k): isolates the merge's cost."""
+    m, k = x.shape
+    n = w16.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=torch.float16)
+    grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
+    return lambda: plain_fp16_kernel[grid](x, w16, y, m, n, k, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
+                                           BLOCK_K=cfg.block_k, GROUP=cfg.group, num_warps=cfg.num_warps,
+                                           num_stages=cfg.num_stages)
+
+
+def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...]) -> list[dict]:
+    rows = []
+    for name, (n, k) in shapes.items():
+        nw = make_weight(n, k)
+        w16 = nested_merge(nw)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            errs = check(x, nw)
+            modes = {name_: new_mode_tensor("cuda", name_) for name_ in ("fp16", "fp8")}
+            r = dict(shape=name, n=n, k=k, m=m, err_fp16=errs["fp16"], err_fp8=errs["fp8"])
+            r["cublas_fp16_us"] = bench(lambda: torch.matmul(x, w16.t()))
+            fn, dtype = scaled_mm_fn(x, nw)
+            r["cublaslt_fp8_us"] = bench(fn) if fn else None
+            r["cublaslt_fp8_out"] = dtype
+            r["nested_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0))
+            r["nested_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0))
+            r["cfg_fp16"] = get_config("fp16", n, k, m).to_dict()
+            if m >= 1024 and not r["cfg_fp16"]["swap_ab"]:  # where the time goes at large M
+                r["triton_plain_fp16_us"] = bench(plain_fp16_fn(x, w16, get_config("fp16", n, k, m)))
+            r["cfg_fp8"] = get_config("fp8", n, k, m).to_dict()
+            flops = 2 * m * n * k
+            r["tflops_cublas_fp16"] = flops / r["cublas_fp16_us"] / 1e6
+            r["tflops_nested_fp16"] = flops / r["nested_fp16_us"] / 1e6
+            r["tflops_nested_fp8"] = flops / r["nested_fp8_us"] / 1e6
+            r["ratio_fp16"] = r["cublas_fp16_us"] / r["nested_fp16_us"]
+            r["ratio_fp8"] = r["cublas_fp16_us"] / r["nested_fp8_us"]
+            r["ratio_cublaslt_fp8"] = r["cublas_fp16_us"] / r["cublaslt_fp8_us"] if fn else None
+            rows.append(r)
+            print(f"{name:12s} M={m:5d} cuBLAS16 {r['cublas_fp16_us']:9.1f}  cuBLASLt8 "
+                  f"{r['cublaslt_fp8_us'] or float('nan'):9.1f}  N16 {r['nested_fp16_us']:9.1f}  "
+                  f"N8 {r['nested_fp8_us']:9.1f}  x{r['ratio_fp16']:.3f} x{r['ratio_fp8']:.3f}", flush=True)
+        del nw, w16
+        torch.cuda.empty_cache()
+    return rows
+
+
+def mode_switch_cost(n: int = 4096, k: int = 4096, ms=(1, 16, 64)) -> list[dict]:
+    """What the device-side mode costs at decode: the op (both paths launched) vs its kernels alone."""
+    nw = make_weight(n, k)
+    m16, m8 = new_mode_tensor("cuda", "fp16"), new_mode_tensor("cuda", "fp8")
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda").half()
+        out = torch.empty(m, n, device="cuda").half()
+        c16, c8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
+        row = dict(n=n, k=k, m=m, fp8_fused_quant=c8.fused_quant)
+        row["op_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, m16, 0))
+        row["fp16_kernel_only_us"] = bench(lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m16, 0, out=out, config=c16))
+        row["fp8_path_idle_us"] = bench(lambda: nested_fp8_gemm(x, nw.upper, m16, 0, out=out, config=c8))
+        row["op_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, m8, 0))
+        row["fp8_path_only_us"] = bench(lambda: nested_fp8_gemm(x, nw.upper, m8, 0, out=out, config=c8))
+        row["fp16_kernel_idle_us"] = bench(lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m8, 0, out=out, config=c16))
+        # The same under CUDA graphs (how vLLM runs decode): replay of one op vs its live kernels.
+        for name, mode in (("fp16", m16), ("fp8", m8)):
+            g = torch.cuda.CUDAGraph()
+            nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
+            with torch.cuda.graph(g):
+                nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
+            row[f"graph_op_{name}_us"] = bench(g.replay)
+        rows.append(row)
+        print("mode switch cost:", {a: round(b, 2) if isinstance(b, float) else b for a, b in row.items()}, flush=True)
+    return rows
+
+
+def graph_mode_flip(m: int = 16, dims=(4096, 8192, 2048, 4096)) -> dict:
+    """Capture one CUDA graph of several nested linears, flip the mode tensor, replay, compare."""
+    torch.manual_seed(0)
+    layers = []
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
+        nw = make_weight(n, k, amax=4.0 if i == 1 else 0.25)  # the middle layer needs a pre-scale
+        bias = torch.randn(n, device="cuda").half() * 0.1 if i == 0 else None
+        layers.append((nw, bias))
+    mode = new_mode_tensor("cuda", "fp16")
+    calls = [0]
+
+    def forward(x, ref_mode=None):
+        h = x
+        for i, (nw, bias) in enumerate(layers):
+            if ref_mode is None:
+                calls[0] += 1
+                h = torch.ops.nestedfp.linear(h, nw.upper, nw.lower, mode, nw.scale_exp, bias)
+            else:
+                h = nested_linear(h, nw, ref_mode, bias)
+            if i < len(layers) - 1:
+                h = F.silu(h)
+        return h
+
+    x = torch.randn(m, dims[0], device="cuda").half()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: compiles both modes' kernels before capture
+        for code in (1, 0):
+            mode.fill_(code)
+            forward(x)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = forward(x)
+    steps = []
+    for name in ("fp8", "fp16", "fp8"):
+        mode.fill_(MODE_CODES[name])
+        before = calls[0]
+        g.replay()
+        torch.cuda.synchronize()
+        replay = out.clone()
+        python_calls_in_replay = calls[0] - before
+        eager = forward(x)
+        steps.append(dict(mode=name, replay_equals_eager=bool(torch.equal(replay, eager)),
+                          max_abs_diff=float((replay.float() - eager.float()).abs().max()),
+                          rel_err_vs_reference=rel_err(replay, forward(x, ref_mode=name)),
+                          op_python_calls_during_replay=python_calls_in_replay))
+    ok = all(s["replay_equals_eager"] and s["op_python_calls_during_replay"] == 0 for s in steps)
+    ok &= all(s["rel_err_vs_reference"] < 2e-2 for s in steps)
+    res = dict(m=m, dims=list(dims), layers=len(layers), captured_in_mode="fp16", steps=steps, passed=bool(ok),
+               scale_exps=[nw.scale_exp for nw, _ in layers])
+    print("graph mode flip:", json.dumps(res), flush=True)
+    return res
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def summarize(rows: list[dict]) -> dict:
+    small = [r for r in rows if r["m"] <= 64]
+    large = [r for r in rows if r["m"] >= 1024]
+    s = dict(
+        fp16_geomean_all=geomean(r["ratio_fp16"] for r in rows),
+        fp16_min=min(r["ratio_fp16"] for r in rows),
+        fp16_min_at=min(rows, key=lambda r: r["ratio_fp16"])["shape"] + f" M={min(rows, key=lambda r: r['ratio_fp16'])['m']}",
+        fp8_geomean_m_ge_1024=geomean(r["ratio_fp8"] for r in large),
+        fp8_geomean_m_le_64=geomean(r["ratio_fp8"] for r in small),
+        cublaslt_fp8_geomean_m_ge_1024=geomean(r["ratio_cublaslt_fp8"] for r in large),
+        cublaslt_fp8_geomean_m_le_64=geomean(r["ratio_cublaslt_fp8"] for r in small),
+    )
+    s["targets"] = {
+        "fp16 geomean >= 0.98": s["fp16_geomean_all"] >= 0.98,
+        "fp16 every shape >= 0.95": s["fp16_min"] >= 0.95,
+        "fp8 geomean M>=1024 >= 1.65": s["fp8_geomean_m_ge_1024"] >= 1.65,
+        "fp8 geomean M<=64 >= 1.6": s["fp8_geomean_m_le_64"] >= 1.6,
+    }
+    return s
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| shape | N x K | M | cuBLAS FP16 us | cuBLASLt FP8 us | NestedFP16 us | NestedFP8 us "
+            "| NestedFP16 / cuBLAS | NestedFP8 / cuBLAS FP16 | cuBLASLt FP8 / cuBLAS FP16 |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lt = f"{r['cublaslt_fp8_us']:.1f}" if r["cublaslt_fp8_us"] else "n/a"
+        lr = f"{r['ratio_cublaslt_fp8']:.2f}" if r["ratio_cublaslt_fp8"] else "n/a"
+        lines.append(f"| {r['shape']} | {r['n']}x{r['k']} | {r['m']} | {r['cublas_fp16_us']:.1f} | {lt} | "
+                     f"{r['nested_fp16_us']:.1f} | {r['nested_fp8_us']:.1f} | {r['ratio_fp16']:.3f} | "
+                     f"{r['ratio_fp8']:.2f} | {lr} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="two shapes, three M values")
+    ap.add_argument("--out", default=f"nestedfp-bench-{time.strftime('%Y-%m-%d')}.json")
+    ap.add_argument("--skip-extras", action="store_true", help="only the shape table")
+    args = ap.parse_args()
+    torch.manual_seed(int(time.time()))  # fresh inputs every run
+    shapes = {s: LLAMA_SHAPES[s] for s in ("8B.o", "70B.gate_up")} if args.quick else LLAMA_SHAPES
+    ms = (1, 64, 4096) if args.quick else MS
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                  date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command="python -m kernels.bench"
+                  + (" --quick" if args.quick else ""))
+    if not args.skip_extras:
+        result["ragged_checks"] = ragged_checks()
+        print(f"ragged-shape checks passed: {len(result['ragged_checks'])}", flush=True)
+        result["graph_mode_flip"] = [graph_mode_flip(m) for m in (1, 64)]
+        result["mode_switch_cost"] = mode_switch_cost()
+    rows = run_shapes(shapes, ms)
+    result["rows"] = rows
+    result["summary"] = summarize(rows)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(table(rows))
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

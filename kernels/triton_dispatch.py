@@ -1,0 +1,43 @@
+"""The CUDA implementation of ``nestedfp::linear``: both precisions' kernels, the mode picks on device.
+
+Each call launches the FP16 kernel and the FP8 path (activation quantization unless fused, then
+the FP8 GEMM); every kernel reads ``mode`` first and the ones not in that mode exit at once.
+No host ever reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both
+modes, and flipping the tensor takes effect at the next replay. The price is one or two empty
+launches per linear, measured by ``python -m kernels.bench``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.triton_fp8 import nested_fp8_gemm
+from kernels.triton_fp16 import nested_fp16_gemm
+from kernels.tuning import get_config
+
+
+def nested_linear_cuda(
+    x: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y = x @ W.T (+ bias)``: W from both planes if ``mode[0] == 0``, the upper plane if 1.
+
+    ``x``: [..., K] float16 or bfloat16 (output in x's dtype); ``upper``/``lower``: [N, K];
+    ``mode``: one-element int32 tensor on x's device. Also runs on CPU tensors under
+    ``TRITON_INTERPRET=1`` (the CPU tests).
+    """
+    k = x.shape[-1]
+    n = upper.shape[0]
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    m = x2d.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m:
+        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, get_config("fp16", n, k, m))
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m))
+    return out.reshape(*x.shape[:-1], n)

@@ -1,0 +1,164 @@
+"""NestedFP16 GEMM in Triton: ``y = x @ W.T`` with W rebuilt in registers from its two byte planes.
+
+The weight is the large operand, so it sits in the MMA's M slot ("swap AB": the kernel computes
+``(W @ x.T).T``). A decode batch of 1..64 tokens then fills a 16..64-wide N slot instead of wasting
+a 64-row MMA tile, and on Hopper the rebuilt W tile feeds wgmma straight from registers (an A
+operand may live in registers; B, the activations, comes from shared memory).
+
+The merge is the byte-level carry fix of ``nested_format._merge_chunk``, done four weights per
+32-bit register with one PTX block (8 integer instructions per 4 weights) on the GPU; the Triton
+interpreter (CPU tests) runs the same algorithm written with ``tl`` integer ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.tuning import TileConfig, get_config
+
+# Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
+#   c = (u ^ (l >> 7)) & 1           the rounding carry of each lane (low bits disagree)
+#   t = u - c                        undo it; no lane borrows (u & 0x7F >= c whenever c = 1)
+#   h = (t & 0x80) | (t >> 1 & 0x3F) FP16 high byte: sign, 0, the upper 6 bits of the 7-bit magnitude
+#   out = bytes (l0, h0, l1, h1), (l2, h2, l3, h3)   FP16 low byte is the lower plane as stored
+_MERGE_ASM = tl.constexpr("""
+{
+.reg .b32 c, t, s, h;
+shr.b32 c, $3, 7;
+lop3.b32 c, $2, c, 0x01010101, 0x28;
+sub.u32 t, $2, c;
+shr.b32 s, t, 1;
+and.b32 s, s, 0x3F3F3F3F;
+lop3.b32 h, t, 0x80808080, s, 0xEA;
+prmt.b32 $0, $3, h, 0x5140;
+prmt.b32 $1, $3, h, 0x7362;
+}
+""")
+
+
+@triton.jit
+def merge_planes(u, lo, USE_ASM: tl.constexpr):
+    """uint8 upper + uint8 lower tiles -> the exact FP16 weight tile (before any pre-scale)."""
+    if USE_ASM:
+        w = tl.inline_asm_elementwise(
+            _MERGE_ASM, "=r,=r,r,r", [u, lo], dtype=tl.float16, is_pure=True, pack=4
+        )
+    else:
+        u32 = u.to(tl.int32)
+        l32 = lo.to(tl.int32)
+        t = u32 - ((u32 ^ (l32 >> 7)) & 1)
+        h = (t & 0x80) | ((t >> 1) & 0x3F)
+        w = ((h << 8) | l32).to(tl.int16).to(tl.float16, bitcast=True)
+    return w
+
+
+@triton.jit
+def tile_ids(M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped launch order: GROUP weight-row blocks share each activation block while hot in L2."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP * num_m
+    first_n = (pid // per_group) * GROUP
+    size = min(num_n - first_n, GROUP)
+    pid_n = first_n + (pid % per_group) % size
+    pid_m = (pid % per_group) // size
+    return pid_n, pid_m
+
+
+@triton.jit(do_not_specialize=["M"])
+def nested_fp16_kernel(
+    x_ptr, u_ptr, l_ptr, bias_ptr, y_ptr, mode_ptr,
+    M, N, K, stride_xm, stride_ym, out_scale,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, USE_ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+):
+    # The mode lives on the device: a CUDA graph captured once serves both modes.
+    if tl.load(mode_ptr) != 0:
+        return
+    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows past N / M wrap onto valid rows (unmasked, vectorised loads); the store drops them.
+    rn = offs_n % N
+    rm = offs_m % M
+    w_off = rn[:, None].to(tl.int64) * K + offs_k[None, :]
+    u_ptrs = u_ptr + w_off
+    l_ptrs = l_ptr + w_off
+    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            u = tl.load(u_ptrs)
+            lo = tl.load(l_ptrs)
+            xt = tl.load(x_ptrs)
+        else:
+            k_ok = offs_k[None, :] < K - k * BLOCK_K
+            u = tl.load(u_ptrs, mask=k_ok, other=0)  # u = lo = 0 merges to +0.0
+            lo = tl.load(l_ptrs, mask=k_ok, other=0)
+            xt = tl.load(x_ptrs, mask=k_ok, other=0.0)
+        w = merge_planes(u, lo, USE_ASM).to(xt.dtype)  # bf16 activations: W rounded as F.linear would
+        if SWAP_AB:
+            acc = tl.dot(w, tl.trans(xt), acc)  # W rows in the MMA's M slot; W stays in registers
+        else:
+            acc = tl.dot(xt, tl.trans(w), acc)  # W through shared memory: wgmma runs asynchronously
+        u_ptrs += BLOCK_K
+        l_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if SWAP_AB:
+        acc = tl.trans(acc)
+    acc = acc * out_scale  # 2**scale_exp: exact
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
+    if x2d.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"NestedFP kernels take float16 or bfloat16 activations, got {x2d.dtype}")
+    n, k = upper.shape
+    if x2d.shape[1] != k or lower.shape != upper.shape:
+        raise ValueError(f"shape mismatch: x {tuple(x2d.shape)}, upper {tuple(upper.shape)}, lower {tuple(lower.shape)}")
+    if not (upper.is_contiguous() and lower.is_contiguous() and x2d.stride(1) == 1):
+        raise ValueError("planes must be contiguous and x must have unit stride along K")
+    return x2d.shape[0], n, k
+
+
+def nested_fp16_gemm(
+    x2d: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """Writes ``x2d @ (merge(upper, lower) * 2**scale_exp).T + bias`` into ``out`` if ``mode[0] == 0``.
+
+    When the mode is not 0 every program exits at once and ``out`` is left as it was: the
+    dispatcher launches both precisions' kernels and the device-side mode picks one.
+    """
+    m, n, k = _check_operands(x2d, upper, lower)
+    if out is None:
+        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    if m == 0:
+        return out
+    cfg = config or get_config("fp16", n, k, m)
+    grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
+    nested_fp16_kernel[grid](
+        x2d, upper.view(torch.uint8), lower, bias if bias is not None else out, out, mode,
+        m, n, k, x2d.stride(0), out.stride(0), 2.0**scale_exp,
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda,
+        BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group,
+        SWAP_AB=cfg.swap_ab, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out

@@ -1,0 +1,153 @@
+"""NestedFP8 GEMM in Triton: E4M3 tensor cores on the upper plane alone.
+
+``y = (q(x) @ upper.T) * (s_x * 2**(-8 + scale_exp)) + bias`` with ``q(x)`` the per-token dynamic
+E4M3 quantization of ``kernels.reference.quantize_per_token`` (absmax / 448). Like the FP16 kernel
+the weight takes the MMA's M slot (swap AB), so a decode batch uses a 16..64-wide token tile, and
+at small M the kernel streams half the weight bytes of FP16.
+
+Activation quantization comes two ways: a separate one-pass kernel (a program per token row holds
+the whole row in registers: one read of x, one write of q(x) and its scale), or, for small M,
+fused into the GEMM (``fused_quant``: each program first takes the absmax of its token rows over
+K, then quantizes activation tiles in registers as it goes), which saves a launch and the round
+trip through memory at decode, where the activation rows are tiny and live in L2.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
+from kernels.triton_fp16 import _check_operands, tile_ids
+from kernels.tuning import TileConfig, get_config
+
+FP8_MAX = tl.constexpr(448.0)
+MIN_ACT_SCALE = tl.constexpr(1e-12)  # kernels.reference._MIN_ACT_SCALE
+
+
+@triton.jit
+def to_e4m3(q, INTERPRET: tl.constexpr):
+    """fp32 in [-448, 448] -> E4M3, rounded to nearest-even like torch's ``.to(float8_e4m3fn)``.
+
+    The GPU converts in hardware (cvt.rn.satfinite). Triton's interpreter rounds half-up and
+    drops mantissa carries, so there the value is first rounded onto the E4M3 grid in fp32
+    (adding and subtracting 1.5 * 2**23 ulps rounds to the ulp, nearest-even) and then converts
+    exactly.
+    """
+    if INTERPRET:
+        q = q.to(tl.float32)  # the interpreter may have promoted to float64 along the way
+        e = tl.maximum(((q.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)  # E4M3 ulp = 2**(e-3)
+        c = (((e + 147) << 23) | 0x400000).to(tl.float32, bitcast=True)  # 1.5 * 2**(e + 20)
+        r = (q + c) - c
+        q = tl.where(r == 0.0, q * 0.0, r)  # keep the sign of values that round to zero
+    return q.to(tl.float8e4nv)
+
+
+@triton.jit(do_not_specialize=["M"])
+def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, BLOCK_K: tl.constexpr,
+                     INTERPRET: tl.constexpr):
+    """One token row per program, read once: absmax -> scale -> E4M3 row."""
+    if tl.load(mode_ptr) != 1:
+        return
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAX), MIN_ACT_SCALE)
+    q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)  # correctly rounded, as torch divides
+    tl.store(q_ptr + row * K + offs, to_e4m3(q, INTERPRET), mask=offs < K)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit(do_not_specialize=["M"])
+def nested_fp8_kernel(
+    x_ptr, xs_ptr, u_ptr, bias_ptr, y_ptr, mode_ptr,
+    M, N, K, stride_xm, stride_ym, w_scale,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, FUSED_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """``x_ptr``: E4M3 activations with scales at ``xs_ptr``, or (FUSED_QUANT) the raw fp16/bf16 x."""
+    if tl.load(mode_ptr) != 1:
+        return
+    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    rn = offs_n % N
+    rm = offs_m % M
+    u_ptrs = u_ptr + rn[:, None].to(tl.int64) * K + offs_k[None, :]
+    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    if FUSED_QUANT:
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k_ok = offs_k[None, :] < K - k * BLOCK_K
+            xt = tl.load(x_ptrs + k * BLOCK_K, mask=k_ok, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
+        x_scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), MIN_ACT_SCALE)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            w = tl.load(u_ptrs)
+            xt = tl.load(x_ptrs)
+        else:
+            k_ok = offs_k[None, :] < K - k * BLOCK_K
+            w = tl.load(u_ptrs, mask=k_ok, other=0.0)
+            xt = tl.load(x_ptrs, mask=k_ok, other=0.0)
+        if FUSED_QUANT:
+            # A true division, as torch's: fp16 inputs often land within an ulp of an E4M3 tie
+            # (x = 0.75 * amax gives 336.0), where x * (1 / s) would round the other way.
+            q = tl.math.div_rn(xt.to(tl.float32), x_scale[:, None])
+            xt = to_e4m3(tl.clamp(q, -FP8_MAX, FP8_MAX), INTERPRET)
+        acc = tl.dot(w, tl.trans(xt), acc)
+        u_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if not FUSED_QUANT:
+        x_scale = tl.load(xs_ptr + rm)
+    acc = acc * (x_scale * w_scale)[None, :]  # same association as the reference: acc * (s_x * s_w)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn).to(tl.float32)[:, None]
+    y_ptrs = y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
+
+
+def act_quant(x2d: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``."""
+    m, k = x2d.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
+    if m:
+        block = triton.next_power_of_2(k)
+        act_quant_kernel[(m,)](x2d, q, s, mode, m, k, x2d.stride(0), BLOCK_K=block,
+                               INTERPRET=not x2d.is_cuda, num_warps=min(16, max(4, block // 2048)))
+    return q, s
+
+
+def nested_fp8_gemm(
+    x2d: torch.Tensor,
+    upper: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """Writes the FP8-mode product into ``out`` if ``mode[0] == 1`` (quantizing x on the way)."""
+    m, n, k = _check_operands(x2d, upper, upper)
+    if out is None:
+        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    if m == 0:
+        return out
+    cfg = config or get_config("fp8", n, k, m)
+    if cfg.fused_quant:
+        xq, xs, stride = x2d, out, x2d.stride(0)  # xs unused
+    else:
+        (xq, xs), stride = act_quant(x2d, mode), k
+    grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
+    nested_fp8_kernel[grid](
+        xq, xs, upper, bias if bias is not None else out, out, mode,
+        m, n, k, stride, out.stride(0), 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp),
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=cfg.fused_quant, INTERPRET=not x2d.is_cuda,
+        BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out

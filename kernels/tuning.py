@@ -1,0 +1,211 @@
+"""Tile configurations for the NestedFP Triton GEMMs, per (N, K) and M bucket.
+
+The request path only looks configs up (``get_config``): a table measured once on the H200
+(``tile_configs_h200.json`` beside this file, written by ``python -m kernels.tuning --sweep``),
+and a heuristic for shapes the table does not hold. Nothing is autotuned while serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+TABLE_PATH = Path(__file__).with_name("tile_configs_h200.json")
+M_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+KINDS = ("fp16", "fp8")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """block_n: weight rows per program (MMA M slot); block_m: tokens (MMA N slot)."""
+
+    block_n: int
+    block_m: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    group: int = 8
+    fused_quant: bool = False  # fp8 only: quantize activations inside the GEMM
+    swap_ab: bool = True  # weights in the MMA's M slot; False: activations there (large M)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TileConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def m_bucket(m: int) -> int:
+    """Smallest bucket >= m (the last bucket takes everything larger)."""
+    for b in M_BUCKETS:
+        if m <= b:
+            return b
+    return M_BUCKETS[-1]
+
+
+def token_block(m: int) -> int:
+    """Token tile for small M: the MMA's N slot needs >= 16; beyond 64 the table decides."""
+    return min(64, max(16, 1 << max(0, m - 1).bit_length()))
+
+
+def heuristic_config(kind: str, n: int, k: int, m: int) -> TileConfig:
+    """Defaults for shapes the table lacks: memory-bound tiles at small M, 128x256 at large M."""
+    bk = 64 if kind == "fp16" else 128
+    if m <= 64:
+        return TileConfig(64, token_block(m), 2 * bk, num_warps=4, num_stages=4)
+    if m <= 256:
+        return TileConfig(128, 64, bk, num_warps=4, num_stages=4)
+    if kind == "fp16":  # W through shared memory: async wgmma, two programs per SM overlap merges
+        return TileConfig(128, 128, bk, num_warps=8, num_stages=3, swap_ab=False)
+    if m <= 1024:
+        return TileConfig(128, 128, bk, num_warps=8, num_stages=4)
+    return TileConfig(128, 256, bk, num_warps=8, num_stages=3)
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
+    try:
+        return json.loads(TABLE_PATH.read_text())["configs"]
+    except FileNotFoundError:
+        return {}
+
+
+@functools.lru_cache(maxsize=4096)
+def get_config(kind: str, n: int, k: int, m: int) -> TileConfig:
+    """Table entry for (kind, N, K, bucket(M)); else the nearest tuned bucket; else the heuristic."""
+    entries = _table().get(kind, {}).get(f"{n}x{k}")
+    if not entries:
+        return heuristic_config(kind, n, k, m)
+    b = m_bucket(m)
+    nearest = min(entries, key=lambda s: (abs(math.log2(int(s)) - math.log2(b)), -int(s)))
+    cfg = TileConfig.from_dict(entries[nearest])
+    if m <= 64 and cfg.block_m > token_block(m):  # never a token tile wider than M needs
+        cfg = replace(cfg, block_m=token_block(m))
+    return cfg
+
+
+def candidates(kind: str, m: int) -> list[TileConfig]:
+    """Configs the sweep times for one M (a short list: each costs a compile on the H200)."""
+    C = TileConfig
+    tb = token_block(m)
+    if kind == "fp16":
+        if m <= 64:
+            return [C(64, tb, 128, 4, 4), C(64, tb, 256, 4, 3), C(128, tb, 128, 4, 4),
+                    C(32, tb, 256, 4, 4), C(128, tb, 64, 4, 6), C(128, tb, 128, 8, 4), C(16, tb, 512, 4, 3)]
+        if m <= 256:
+            return [C(128, 64, 64, 4, 4), C(128, 64, 128, 4, 3), C(128, 128, 64, 8, 3),
+                    C(64, 128, 64, 4, 4, swap_ab=False), C(128, 128, 64, 8, 3, swap_ab=False),
+                    C(128, 64, 64, 4, 3, swap_ab=False)]
+        return [C(128, 128, 64, 8, 3, swap_ab=False), C(128, 128, 64, 8, 4, swap_ab=False),
+                C(128, 256, 64, 8, 3, swap_ab=False), C(256, 128, 64, 8, 3, swap_ab=False),
+                C(128, 128, 64, 4, 3, swap_ab=False), C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3)]
+    if m <= 64:
+        base = [C(64, tb, 256, 4, 4), C(128, tb, 256, 4, 3), C(64, tb, 512, 4, 3),
+                C(32, tb, 512, 4, 4), C(128, tb, 128, 4, 5), C(16, tb, 512, 4, 4)]
+        fused = [replace(c, fused_quant=True) for c in base[:3]]
+        return base + fused
+    if m <= 256:
+        return [C(128, 64, 128, 4, 4), C(128, 128, 128, 8, 3), C(256, 64, 128, 8, 3),
+                C(128, 64, 256, 4, 3), C(64, 128, 128, 4, 4)]
+    return [C(128, 128, 128, 8, 4), C(128, 256, 128, 8, 3), C(256, 128, 128, 8, 3),
+            C(128, 128, 128, 4, 4), C(256, 128, 128, 8, 4)]
+
+
+# --- the sweep that writes the table (run on the H200: python -m kernels.tuning --sweep) ---
+
+LLAMA_SHAPES: dict[str, tuple[int, int]] = {  # name: (N, K)
+    "8B.qkv": (6144, 4096), "8B.o": (4096, 4096), "8B.gate_up": (28672, 4096), "8B.down": (4096, 14336),
+    "70B.qkv": (10240, 8192), "70B.o": (8192, 8192), "70B.gate_up": (57344, 8192), "70B.down": (8192, 28672),
+}
+SWEEP_MS = (16, 64, 256, 1024, 4096, 8192)  # one M per tuned bucket (M = 1 uses the 16 bucket)
+CHECK_TOL = 5e-3  # relative Frobenius error allowed against the reference before a config is timed
+
+
+def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=SWEEP_MS, rep_ms: int = 25) -> dict:
+    """Time every candidate per (kind, N, K, M); keep the fastest that passes the reference check."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    import triton
+
+    from kernels import nested_merge, nested_split
+    from kernels.ops import new_mode_tensor
+    from kernels.reference import fp8_linear_reference
+    from kernels.triton_fp8 import nested_fp8_gemm
+    from kernels.triton_fp16 import nested_fp16_gemm
+
+    configs: dict = {kind: {} for kind in KINDS}
+    timings = []
+    t0 = time.time()
+    for name, (n, k) in shapes.items():
+        nw = nested_split((torch.randn(n, k, device="cuda") * 0.02).half())
+        w16 = nested_merge(nw)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            t_cublas = triton.testing.do_bench(lambda: torch.matmul(x, w16.t()), warmup=5, rep=rep_ms,
+                                               return_mode="median")
+            for kind in KINDS:
+                mode = new_mode_tensor("cuda", kind)
+                ref = F.linear(x, w16) if kind == "fp16" else fp8_linear_reference(x, nw.upper, nw.fp8_weight_scale)
+                out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+                best = None
+                for cfg in candidates(kind, m):
+                    if kind == "fp16":
+                        fn = lambda: nested_fp16_gemm(x, nw.upper, nw.lower, mode, 0, out=out, config=cfg)  # noqa: E731
+                    else:
+                        fn = lambda: nested_fp8_gemm(x, nw.upper, mode, 0, out=out, config=cfg)  # noqa: E731
+                    row = dict(kind=kind, shape=name, n=n, k=k, m=m, cfg=cfg.to_dict(), cublas_us=t_cublas * 1e3)
+                    try:
+                        out.fill_(float("nan"))
+                        fn()
+                        err = float((out.float() - ref.float()).norm() / ref.float().norm())
+                        row["rel_err"] = err
+                        if not err < CHECK_TOL:
+                            raise AssertionError(f"rel err {err:.3g}")
+                        row["us"] = triton.testing.do_bench(fn, warmup=5, rep=rep_ms, return_mode="median") * 1e3
+                    except Exception as e:  # a config that fails to compile (shared memory) or to check
+                        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                        timings.append(row)
+                        continue
+                    timings.append(row)
+                    if best is None or row["us"] < best["us"]:
+                        best = row
+                if best is not None:
+                    configs[kind].setdefault(f"{n}x{k}", {})[str(m_bucket(m))] = best["cfg"]
+                    print(f"{time.time() - t0:6.0f}s {kind} {name:12s} M={m:5d} best {best['us']:9.1f} us "
+                          f"(cuBLAS fp16 {t_cublas * 1e3:9.1f} us) {best['cfg']}", flush=True)
+        del nw, w16
+        torch.cuda.empty_cache()
+        _write(out_path, configs, timings)  # partial results survive a time-out
+    return _write(out_path, configs, timings)
+
+
+def _write(out_path: str, configs: dict, timings: list) -> dict:
+    import time
+
+    import torch
+    import triton
+
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                  date=time.strftime("%Y-%m-%d"), command="python -m kernels.tuning --sweep",
+                  configs=configs, sweep=timings)
+    Path(out_path).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sweep", action="store_true", help="time the candidates on this GPU and write the table")
+    ap.add_argument("--out", default=str(TABLE_PATH))
+    ap.add_argument("--shapes", default=",".join(LLAMA_SHAPES), help="comma-separated names from LLAMA_SHAPES")
+    ap.add_argument("--ms", default=",".join(map(str, SWEEP_MS)))
+    args = ap.parse_args()
+    if args.sweep:
+        sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))))

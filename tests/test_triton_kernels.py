@@ -1,0 +1,203 @@
+"""The NestedFP Triton kernels, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1).
+
+Small shapes, ragged on purpose (M = 1, 7, 33; N and K not multiples of the tiles), fresh random
+inputs on every run, outputs poisoned with NaN so an unwritten tile fails. The H200 checks every
+benchmark shape again on the GPU (``python -m kernels.bench``), where the merge runs as PTX.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is decorated
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
+
+
+def _interpreted_modules():
+    """Our kernel modules with interpreted kernels (reloaded if another test imported them first)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    names = ["kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_dispatch"]
+    mods = [importlib.import_module(n) for n in names]
+    if not isinstance(mods[1].nested_fp16_kernel, InterpretedFunction):
+        mods = [importlib.reload(m) for m in mods]
+    if not isinstance(mods[1].nested_fp16_kernel, InterpretedFunction):
+        pytest.skip("Triton kernels were decorated without the interpreter", allow_module_level=True)
+    return mods
+
+
+tuning, tfp16, tfp8, dispatch = _interpreted_modules()
+
+from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
+from kernels.ops import new_mode_tensor  # noqa: E402
+from kernels.reference import quantize_per_token  # noqa: E402
+
+TileConfig = tuning.TileConfig
+FP16_TOL = 2e-3  # an fp16 GEMM with fp32 accumulation lands near 5e-4 (output rounding)
+FP8_TOL = 2e-3  # same quantization as the reference: only summation order and output rounding differ
+
+# Small tiles so the interpreter is quick and every shape spans several ragged tiles.
+SMALL_FP16 = [
+    TileConfig(32, 16, 32, num_warps=4, num_stages=2, group=2),
+    TileConfig(16, 32, 64, num_warps=4, num_stages=2, group=1, swap_ab=False),
+]
+SMALL_FP8 = [
+    TileConfig(32, 16, 64, num_warps=4, num_stages=2, group=2),
+    TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=1, fused_quant=True),
+]
+SHAPES = [(1, 48, 80), (7, 96, 136), (33, 72, 200)]  # (M, N, K): none a multiple of the tiles
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(y).all(), "NaN/inf in the output: an unwritten (poisoned) tile"
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def _weights(n: int, k: int, amax: float = 0.5) -> NestedWeight:
+    """Random FP16 weights; magnitudes kept >= 1e-2 so that a pre-scale stays exact."""
+    mag = torch.empty(n, k).uniform_(1e-2, 1.0) ** 2 * amax
+    return nested_split((mag * torch.randn(n, k).sign()).half())
+
+
+def _poisoned(m: int, n: int, dtype=torch.float16) -> torch.Tensor:
+    return torch.full((m, n), float("nan"), dtype=dtype)
+
+
+def _merge_asm_emulated(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """The PTX block of triton_fp16._MERGE_ASM, instruction by instruction, on 32-bit words."""
+    u8, l8 = upper.view(torch.uint8).flatten(), lower.flatten()
+    pad = (-u8.numel()) % 4
+    u8 = torch.cat([u8, u8.new_zeros(pad)]).view(-1, 4).to(torch.int64)
+    l8 = torch.cat([l8, l8.new_zeros(pad)]).view(-1, 4).to(torch.int64)
+    lanes = torch.tensor([0, 8, 16, 24])
+    u = (u8 << lanes).sum(1)  # the register the asm sees: 4 upper bytes
+    lo = (l8 << lanes).sum(1)
+    c = (u ^ (lo >> 7)) & 0x01010101  # shr + lop3 0x28: (a ^ b) & c
+    t = (u - c) & 0xFFFFFFFF
+    h = (t & 0x80808080) | ((t >> 1) & 0x3F3F3F3F)  # shr, and, lop3 0xEA: (a & b) | c
+    byte = lambda v, i: (v >> (8 * i)) & 0xFF  # noqa: E731
+    # prmt 0x5140 / 0x7362: FP16 j = (h_j << 8) | l_j
+    halves = torch.stack([(byte(h, j) << 8) | byte(lo, j) for j in range(4)], 1).flatten()
+    return halves[: upper.numel()].to(torch.int32).to(torch.int16).view(upper.shape)
+
+
+def test_merge_asm_algorithm_is_bit_exact_for_every_in_range_fp16():
+    """The packed-byte merge that runs as PTX on the GPU rebuilds every in-range FP16 pattern."""
+    bits = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
+    w = bits.view(torch.float16)
+    w = w[torch.isfinite(w) & (w.abs() < 1.875)]
+    w = w[torch.randperm(w.numel())].reshape(-1, 2)  # fresh lane assignment on every run
+    nw = nested_split(w)
+    assert nw.scale_exp == 0
+    got = _merge_asm_emulated(nw.upper, nw.lower)
+    assert torch.equal(got, w.view(torch.int16))
+    assert torch.equal(got, nested_merge(nw).view(torch.int16))
+
+
+@pytest.mark.parametrize("cfg", SMALL_FP16, ids=["swap_ab", "w_in_smem"])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_fp16_kernel_matches_reference_at_fp16_gemm_error(m, n, k, cfg):
+    nw = _weights(n, k)
+    x = torch.randn(m, k).half()
+    out = tfp16.nested_fp16_gemm(x, nw.upper, nw.lower, new_mode_tensor("cpu", "fp16"), nw.scale_exp,
+                                 out=_poisoned(m, n), config=cfg)
+    ref = nested_linear(x, nw, "fp16")
+    exact = x.double() @ nested_merge(nw).double().t()
+    assert _rel(out, ref) < FP16_TOL
+    assert _rel(out, exact) < FP16_TOL
+
+
+@pytest.mark.parametrize("cfg", SMALL_FP8, ids=["act_quant_kernel", "fused_quant"])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
+    nw = _weights(n, k)
+    x = torch.randn(m, k).half() * 3
+    out = tfp8.nested_fp8_gemm(x, nw.upper, new_mode_tensor("cpu", "fp8"), nw.scale_exp,
+                               out=_poisoned(m, n), config=cfg)
+    assert _rel(out, nested_linear(x, nw, "fp8")) < FP8_TOL
+
+
+def test_act_quant_kernel_equals_quantize_per_token():
+    """One pass per row: the same scales and the same E4M3 codes (round-to-nearest-even) as torch."""
+    x = torch.randn(5, 300).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half()[:, None]
+    q, s = tfp8.act_quant(x, new_mode_tensor("cpu", "fp8"))
+    rq, rs = quantize_per_token(x)
+    assert torch.equal(s, rs.flatten())
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+@pytest.mark.parametrize("mode", ["fp16", "fp8"])
+def test_prescaled_layer_multiplies_output_by_two_to_scale_exp(mode):
+    nw = _weights(40, 96, amax=6.0)  # |w| >= 1.875 somewhere: a power-of-two pre-scale
+    assert nw.scale_exp > 0
+    x = torch.randn(7, 96).half()
+    y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cpu", mode), nw.scale_exp)
+    assert _rel(y, nested_linear(x, nw, mode)) < (FP16_TOL if mode == "fp16" else FP8_TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["fp16", "fp8"])
+def test_dispatch_handles_batch_dims_bias_and_bf16(mode, dtype):
+    if mode == "fp16" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes bf16 tl.dot wrongly; the H200 bench checks this case")
+    nw = _weights(56, 88)
+    x = torch.randn(2, 5, 88).to(dtype)
+    bias = torch.randn(56).to(dtype)
+    y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cpu", mode), nw.scale_exp, bias)
+    assert y.shape == (2, 5, 56) and y.dtype == dtype
+    ref = nested_linear(x, nw, mode, bias)
+    assert _rel(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+def test_mode_tensor_selects_the_path_at_run_time():
+    """Each kernel reads the mode itself: the one not selected leaves its output untouched."""
+    nw = _weights(48, 72)
+    x = torch.randn(7, 72).half()
+    mode = new_mode_tensor("cpu", "fp16")
+    cfg16, cfg8 = SMALL_FP16[0], SMALL_FP8[0]
+    for code, name in ((0, "fp16"), (1, "fp8"), (0, "fp16")):
+        mode.fill_(code)
+        out16 = tfp16.nested_fp16_gemm(x, nw.upper, nw.lower, mode, 0, out=_poisoned(7, 48), config=cfg16)
+        out8 = tfp8.nested_fp8_gemm(x, nw.upper, mode, 0, out=_poisoned(7, 48), config=cfg8)
+        ran, idle = (out16, out8) if name == "fp16" else (out8, out16)
+        assert torch.isnan(idle).all(), f"the {name}-mode launch wrote through the other kernel"
+        assert _rel(ran, nested_linear(x, nw, name)) < 2e-3
+        y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)  # its own tiles: another sum order
+        assert _rel(y, ran) < 1e-3
+    diff = _rel(dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode.fill_(1), 0), nested_linear(x, nw, "fp16"))
+    assert diff > 1e-2, "fp8 mode should differ from fp16 by the quantization error"
+
+
+def test_rejects_fp32_activations_with_a_clear_error():
+    nw = _weights(16, 32)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        dispatch.nested_linear_cuda(torch.randn(2, 32), nw.upper, nw.lower, new_mode_tensor("cpu"), 0)
+
+
+def test_empty_batch_returns_empty_output():
+    nw = _weights(16, 32)
+    y = dispatch.nested_linear_cuda(torch.randn(0, 32).half(), nw.upper, nw.lower, new_mode_tensor("cpu"), 0)
+    assert y.shape == (0, 16)
+
+
+def test_config_lookup_uses_table_then_heuristic():
+    table = tuning._table()
+    for kind, shapes in table.items():
+        for nk, buckets in shapes.items():
+            n, k = map(int, nk.split("x"))
+            for b, d in buckets.items():
+                cfg = tuning.get_config(kind, n, k, int(b))
+                assert cfg.block_n == d["block_n"] and cfg.block_k == d["block_k"]
+    cfg = tuning.get_config("fp16", 12345, 678, 3)  # a shape no table holds
+    assert cfg == tuning.heuristic_config("fp16", 12345, 678, 3)
+    assert cfg.block_m == 16  # decode: the narrowest token tile the MMA takes
+    assert tuning.m_bucket(1) == 16 and tuning.m_bucket(4097) == 8192 and tuning.m_bucket(10**6) == 8192
