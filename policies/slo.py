@@ -1,0 +1,74 @@
+"""Latency SLO: fp8 when observed or predicted p90 TTFT/TPOT nears its target, fp16 with headroom.
+
+Pressure is the worst ``p90 / target`` over the configured targets. The prediction extrapolates
+the recent p90 trend ``predict_s`` ahead (least squares over ``trend_window`` samples, rising
+trends only), so a burst flips the replica before the target is missed rather than after.
+
+``headroom_down`` must sit well below ``headroom_up`` divided by the fp8 speed-up: latencies seen
+in fp8 are ~1.5x lower than fp16 would give, so returning at 0.5 lands near 0.75 of the target in
+fp16, under the 0.9 that would send it straight back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from policies.base import Policy, dwell, hysteresis
+from policies.signals import Decision, Mode, ReplicaStats
+
+
+@dataclass(frozen=True)
+class SLOPolicy(Policy):
+    ttft_s: Optional[float] = None  # p90 time-to-first-token target
+    tpot_s: Optional[float] = None  # p90 time-per-output-token target
+    headroom_up: float = 0.9  # fp8 at this fraction of a target
+    headroom_down: float = 0.5  # fp16 again at this fraction
+    min_dwell_s: float = 5.0
+    predict_s: float = 1.0  # prediction horizon; 0 uses observations only
+    trend_window: int = 5
+
+    name = "slo"
+
+    def __post_init__(self) -> None:
+        if self.ttft_s is None and self.tpot_s is None:
+            raise ValueError("slo needs at least one of ttft_s, tpot_s")
+        if any(t is not None and t <= 0 for t in (self.ttft_s, self.tpot_s)):
+            raise ValueError("slo targets must be > 0")
+        if not 0 < self.headroom_down < self.headroom_up:
+            raise ValueError("slo needs 0 < headroom_down < headroom_up")
+        if self.min_dwell_s < 0 or self.predict_s < 0 or self.trend_window < 2:
+            raise ValueError("slo needs min_dwell_s >= 0, predict_s >= 0, trend_window >= 2")
+
+    def decide(self, history: Sequence[ReplicaStats], current: Mode, seconds_in_mode: float) -> Decision:
+        worst: tuple[float, str] | None = None
+        for field, target in (("ttft_p90", self.ttft_s), ("tpot_p90", self.tpot_s)):
+            if target is None or getattr(history[-1], field) is None:
+                continue
+            observed = getattr(history[-1], field)
+            predicted = observed + max(0.0, _slope(history[-self.trend_window :], field)) * self.predict_s
+            ratio, what = observed / target, f"{field}/target"
+            if predicted / target > ratio:
+                ratio, what = predicted / target, f"{field}/target predicted {self.predict_s:g}s ahead"
+            if worst is None or ratio > worst[0]:
+                worst = (ratio, what)
+        if worst is None:
+            last = history[-1]
+            if current == "fp8" and last.num_waiting == 0 and last.num_running == 0:
+                return dwell(current, "fp16", "idle (no latency samples)", seconds_in_mode, self.min_dwell_s)
+            return Decision(current, "no latency samples")
+        return hysteresis(
+            current, worst[0], high=self.headroom_up, low=self.headroom_down,
+            seconds_in_mode=seconds_in_mode, min_dwell_s=self.min_dwell_s, what=worst[1],
+        )
+
+
+def _slope(samples: Sequence[ReplicaStats], field: str) -> float:
+    """Least-squares slope of ``field`` against report time (per second); 0 without a trend."""
+    pts = [(s.timestamp, getattr(s, field)) for s in samples if getattr(s, field) is not None]
+    if len(pts) < 2:
+        return 0.0
+    mt = sum(t for t, _ in pts) / len(pts)
+    mv = sum(v for _, v in pts) / len(pts)
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    return 0.0 if var == 0 else sum((t - mt) * (v - mv) for t, v in pts) / var
