@@ -94,19 +94,25 @@ def candidates(kind: str, m: int) -> list[TileConfig]:
     tb = token_block(m)
     if kind == "fp16":
         if m <= 64:
-            return [C(64, tb, 128, 4, 4), C(64, tb, 256, 4, 3), C(128, tb, 128, 4, 4),
-                    C(32, tb, 256, 4, 4), C(128, tb, 64, 4, 6), C(128, tb, 128, 8, 4), C(16, tb, 512, 4, 3)]
+            # mma.sync tiles (block_n < 64) beat register-A wgmma here: see docs/BENCHMARKS.md
+            out = [C(32, tb, 256, 4, 4), C(16, tb, 512, 4, 3), C(32, tb, 128, 4, 5), C(16, tb, 256, 4, 5),
+                   C(64, tb, 128, 4, 4), C(32, tb, 512, 4, 3)]
+            if m > 16:  # tokens in the MMA's M slot, W through shared memory
+                out += [C(64, 64, 128, 4, 4, swap_ab=False), C(32, 64, 256, 4, 4, swap_ab=False),
+                        C(128, 64, 64, 4, 3, swap_ab=False)]
+            return out
         if m <= 256:
-            return [C(128, 64, 64, 4, 4), C(128, 64, 128, 4, 3), C(128, 128, 64, 8, 3),
-                    C(64, 128, 64, 4, 4, swap_ab=False), C(128, 128, 64, 8, 3, swap_ab=False),
-                    C(128, 64, 64, 4, 3, swap_ab=False)]
-        return [C(128, 128, 64, 8, 3, swap_ab=False), C(128, 128, 64, 8, 4, swap_ab=False),
-                C(128, 256, 64, 8, 3, swap_ab=False), C(256, 128, 64, 8, 3, swap_ab=False),
-                C(128, 128, 64, 4, 3, swap_ab=False), C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3)]
+            return [C(64, 128, 64, 4, 4, swap_ab=False), C(128, 64, 64, 4, 3, swap_ab=False),
+                    C(32, 128, 128, 4, 4, swap_ab=False), C(64, 64, 128, 4, 4, swap_ab=False),
+                    C(64, 128, 128, 4, 3, swap_ab=False), C(64, 256, 64, 8, 3, swap_ab=False),
+                    C(32, 64, 256, 4, 4), C(32, 128, 128, 4, 4)]
+        return [C(128, 256, 64, 8, 3, swap_ab=False), C(128, 128, 64, 4, 3, swap_ab=False),
+                C(128, 128, 64, 8, 3, swap_ab=False), C(256, 128, 64, 8, 3, swap_ab=False),
+                C(64, 256, 64, 8, 3, swap_ab=False), C(128, 256, 32, 8, 4, swap_ab=False)]
     if m <= 64:
         base = [C(64, tb, 256, 4, 4), C(128, tb, 256, 4, 3), C(64, tb, 512, 4, 3),
                 C(32, tb, 512, 4, 4), C(128, tb, 128, 4, 5), C(16, tb, 512, 4, 4)]
-        fused = [replace(c, fused_quant=True) for c in base[:3]]
+        fused = [replace(c, fused_quant=True) for c in base[:4]] if m <= 16 else []
         return base + fused
     if m <= 256:
         return [C(128, 64, 128, 4, 4), C(128, 128, 128, 8, 3), C(256, 64, 128, 8, 3),
