@@ -80,17 +80,18 @@ def ragged_checks() -> list[dict]:
         rq, rs = quantize_per_token(x)
         bad = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int((sc != rs.flatten()).sum())
         rows.append(dict(m=m, k=k, act_quant_code_mismatches=bad))
-        if bad:
-            raise AssertionError(f"act_quant differs from quantize_per_token in {bad} places")
+        if bad:  # recorded (and fails "checks_passed"), not raised: the timings still come back
+            print(f"WARNING: act_quant differs from quantize_per_token in {bad} places", flush=True)
     nw = make_weight(4096, 4096)
     for m in (1, 7, 16):
         x = torch.randn(m, 4096, device="cuda").half()
         cfg = TileConfig(64, 16, 256, 4, 4)
         a = nested_fp8_gemm(x, nw.upper, mode8, 0, config=cfg)
         b = nested_fp8_gemm(x, nw.upper, mode8, 0, config=TileConfig(64, 16, 256, 4, 4, fused_quant=True))
-        rows.append(dict(m=m, fused_quant_equals_act_quant_kernel=bool(torch.equal(a, b))))
+        rows.append(dict(m=m, fused_quant_equals_act_quant_kernel=bool(torch.equal(a, b)),
+                         fused_max_abs_diff=float((a.float() - b.float()).abs().max())))
         if not torch.equal(a, b):
-            raise AssertionError("fused activation quantization differs from the standalone kernel")
+            print("WARNING: fused activation quantization differs from the standalone kernel", flush=True)
     nw = make_weight(3000, 2048, amax=5.0)  # pre-scaled
     assert nw.scale_exp > 0
     bias = torch.randn(3000, device="cuda").half()
@@ -167,7 +168,7 @@ def merge_then_cublas_fn(x: torch.Tensor, nw: NestedWeight):
     return fn
 
 
-def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...]) -> list[dict]:
+def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=None) -> list[dict]:
     rows = []
     for name, (n, k) in shapes.items():
         nw = make_weight(n, k)
@@ -203,6 +204,8 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...]) -> list[
                   f"N8 {r['nested_fp8_us']:9.1f}  x{r['ratio_fp16']:.3f} x{r['ratio_fp8']:.3f}", flush=True)
         del nw, w16
         torch.cuda.empty_cache()
+        if partial:
+            partial(rows)
     return rows
 
 
@@ -343,17 +346,23 @@ def main() -> None:
                   date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command="python -m kernels.bench"
                   + (" --quick" if args.quick else ""))
     if not args.skip_extras:
-        result["ragged_checks"] = ragged_checks()
+        result["ragged_checks"] = checks = ragged_checks()
+        result["checks_passed"] = all(c.get("act_quant_code_mismatches", 0) == 0
+                                      and c.get("fused_quant_equals_act_quant_kernel", True) for c in checks)
         print(f"ragged-shape checks passed: {len(result['ragged_checks'])}; max rel err fp16 "
               f"{max(r.get('fp16', 0) for r in result['ragged_checks']):.2e} fp8 "
               f"{max(r.get('fp8', 0) for r in result['ragged_checks']):.2e}", flush=True)
         result["graph_mode_flip"] = [graph_mode_flip(m) for m in (1, 64)]
         result["mode_switch_cost"] = mode_switch_cost()
-    rows = run_shapes(shapes, ms)
-    result["rows"] = rows
-    result["summary"] = summarize(rows)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+
+    def save(rows):
+        result["rows"] = rows
+        result["summary"] = summarize(rows)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    rows = run_shapes(shapes, ms, partial=save)
+    save(rows)
     print(table(rows))
     print(json.dumps(result["summary"], indent=1))
 
