@@ -8,8 +8,9 @@ HOST ?= http://127.0.0.1:8000
 SHAPE ?= spike
 DURATION ?= 120
 REPORT ?= reports/$(SHAPE)
+LOADTEST_ARGS ?=
 
-.PHONY: install test serve loadtest bench clean
+.PHONY: install test serve loadtest loadtest-compare bench clean
 
 install: $(STAMP)
 
@@ -33,7 +34,10 @@ serve: install
 	$(VENV)/bin/serve run $(if $(CONFIG),$(CONFIG),app:main)
 
 loadtest: install
-	$(PY) -m loadtests run --host $(HOST) --shape $(SHAPE) --duration $(DURATION) --report $(REPORT)
+	$(PY) -m loadtests run --host $(HOST) --shape $(SHAPE) --duration $(DURATION) --report $(REPORT) $(LOADTEST_ARGS)
+
+loadtest-compare: install
+	$(PY) -m loadtests compare --host $(HOST) --shape $(SHAPE) --duration $(DURATION) --report $(REPORT)-compare $(LOADTEST_ARGS)
 
 bench: install
 	$(PY) -m kernels.bench

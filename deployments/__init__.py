@@ -1,0 +1,1 @@
+"""The Ray Serve application: vLLM replicas with NestedFP, the precision ingress, configuration."""
