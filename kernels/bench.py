@@ -57,7 +57,11 @@ def check(x: torch.Tensor, nw: NestedWeight, bias: torch.Tensor | None = None) -
     """Relative error of the op against the reference in both modes; raises if either is off."""
     errs = {}
     for mode in ("fp16", "fp8"):
-        y = nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cuda", mode), nw.scale_exp, bias)
+        mt = new_mode_tensor("cuda", mode)
+        y = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)
+        y2 = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)  # the cached fast launch path
+        if not torch.equal(y, y2):
+            raise AssertionError(f"{mode}: second (fast-path) launch differs from the first")
         errs[mode] = rel_err(y, nested_linear(x, nw, mode, bias))
         if not errs[mode] < TOL[mode] * (4 if x.dtype == torch.bfloat16 else 1):
             raise AssertionError(f"{mode} rel err {errs[mode]:.3g} for x {tuple(x.shape)} W {tuple(nw.shape)}")
@@ -168,6 +172,15 @@ def merge_then_cublas_fn(x: torch.Tensor, nw: NestedWeight):
     return fn
 
 
+def graphed(fn):
+    """The same work captured in a CUDA graph (how vLLM runs decode): times without host overhead."""
+    fn()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
 def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=None) -> list[dict]:
     rows = []
     for name, (n, k) in shapes.items():
@@ -184,6 +197,12 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
             r["cublaslt_fp8_out"] = dtype
             r["nested_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0))
             r["nested_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0))
+            if m <= 256:
+                r["graph_cublas_fp16_us"] = bench(graphed(lambda: torch.matmul(x, w16.t())))
+                r["graph_nested_fp16_us"] = bench(graphed(
+                    lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0)))
+                r["graph_nested_fp8_us"] = bench(graphed(
+                    lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0)))
             r["cfg_fp16"] = get_config("fp16", n, k, m).to_dict()
             if m >= 1024 and not r["cfg_fp16"]["swap_ab"] and k % r["cfg_fp16"]["block_k"] == 0:
                 # Where the time goes at large M: the same loop without the merge, and the merge
@@ -311,6 +330,10 @@ def summarize(rows: list[dict]) -> dict:
         cublaslt_fp8_geomean_m_ge_1024=geomean(r["ratio_cublaslt_fp8"] for r in large),
         cublaslt_fp8_geomean_m_le_64=geomean(r["ratio_cublaslt_fp8"] for r in small),
     )
+    g = [r for r in small if "graph_nested_fp16_us" in r]
+    if g:  # supplementary: the same ops under CUDA graphs (no host launch overhead in either)
+        s["graph_fp16_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp16_us"] for r in g)
+        s["graph_fp8_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp8_us"] for r in g)
     s["targets"] = {
         "fp16 geomean >= 0.98": s["fp16_geomean_all"] >= 0.98,
         "fp16 every shape >= 0.95": s["fp16_min"] >= 0.95,
@@ -330,6 +353,16 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['shape']} | {r['n']}x{r['k']} | {r['m']} | {r['cublas_fp16_us']:.1f} | {lt} | "
                      f"{r['nested_fp16_us']:.1f} | {r['nested_fp8_us']:.1f} | {r['ratio_fp16']:.3f} | "
                      f"{r['ratio_fp8']:.2f} | {lr} |")
+    g = [r for r in rows if "graph_nested_fp16_us" in r]
+    if g:
+        lines += ["", "CUDA-graph replays (supplementary; M <= 256):", "",
+                  "| shape | M | cuBLAS FP16 us | NestedFP16 us | NestedFP8 us | NestedFP16 / cuBLAS | NestedFP8 / cuBLAS |",
+                  "|" + "---|" * 7]
+        for r in g:
+            c = r["graph_cublas_fp16_us"]
+            lines.append(f"| {r['shape']} | {r['m']} | {c:.1f} | {r['graph_nested_fp16_us']:.1f} | "
+                         f"{r['graph_nested_fp8_us']:.1f} | {c / r['graph_nested_fp16_us']:.3f} | "
+                         f"{c / r['graph_nested_fp8_us']:.2f} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kernels.triton_fp8 import nested_fp8_gemm
-from kernels.triton_fp16 import nested_fp16_gemm
+from kernels.triton_fp16 import _check_operands, nested_fp16_gemm
 from kernels.tuning import get_config
 
 
@@ -35,9 +35,10 @@ def nested_linear_cuda(
     x2d = x.reshape(-1, k)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
+    _check_operands(x2d, upper, lower)
     m = x2d.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m:
-        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, get_config("fp16", n, k, m))
-        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m))
+        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, get_config("fp16", n, k, m), True)
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m), True)
     return out.reshape(*x.shape[:-1], n)

@@ -19,10 +19,14 @@ import triton
 import triton.language as tl
 
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
-from kernels.triton_fp16 import _check_operands, tile_ids
+from kernels.triton_fp16 import _check_operands, launch, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 FP8_MAX = tl.constexpr(448.0)
+# torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (ATen's
+# div_true_kernel_cuda), so the reference's amax / 448 is amax * fp32(1/448) there; on the CPU it
+# is a true division. The kernels match the reference of the device they run on.
+FP8_MAX_RCP = tl.constexpr(float(torch.tensor(1.0 / 448.0, dtype=torch.float32)))
 MIN_ACT_SCALE = tl.constexpr(1e-12)  # kernels.reference._MIN_ACT_SCALE
 
 
@@ -42,6 +46,16 @@ def to_e4m3(q, INTERPRET: tl.constexpr):
         r = (q + c) - c
         q = tl.where(r == 0.0, q * 0.0, r)  # keep the sign of values that round to zero
     return q.to(tl.float8e4nv)
+
+
+@triton.jit
+def act_scale(amax, INTERPRET: tl.constexpr):
+    """Per-token scale = max(amax / 448, 1e-12), rounded as kernels.reference rounds it on this device."""
+    if INTERPRET:
+        s = tl.math.div_rn(amax, FP8_MAX)
+    else:
+        s = amax * FP8_MAX_RCP
+    return tl.maximum(s, MIN_ACT_SCALE)
 
 
 @triton.jit
@@ -69,7 +83,7 @@ def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, BLOCK_K: tl
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAX), MIN_ACT_SCALE)
+    scale = act_scale(tl.max(tl.abs(x), axis=0), INTERPRET)
     q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)  # memory-bound: the exact division is free
     tl.store(q_ptr + row * K + offs, to_e4m3(q, INTERPRET), mask=offs < K)
     tl.store(s_ptr + row, scale)
@@ -99,7 +113,7 @@ def nested_fp8_kernel(
             k_ok = offs_k[None, :] < K - k * BLOCK_K
             xt = tl.load(x_ptrs + k * BLOCK_K, mask=k_ok, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
-        x_scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), MIN_ACT_SCALE)
+        x_scale = act_scale(amax, INTERPRET)
         x_rcp = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), x_scale)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -132,8 +146,8 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torc
     s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     if m:
         block = triton.next_power_of_2(k)
-        act_quant_kernel[(m,)](x2d, q, s, mode, m, k, x2d.stride(0), BLOCK_K=block,
-                               INTERPRET=not x2d.is_cuda, num_warps=min(16, max(4, block // 2048)))
+        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, x2d.stride(0)),
+               dict(BLOCK_K=block, INTERPRET=not x2d.is_cuda), min(16, max(4, block // 2048)), 3)
     return q, s
 
 
@@ -145,9 +159,13 @@ def nested_fp8_gemm(
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     config: TileConfig | None = None,
+    checked: bool = False,
 ) -> torch.Tensor:
     """Writes the FP8-mode product into ``out`` if ``mode[0] == 1`` (quantizing x on the way)."""
-    m, n, k = _check_operands(x2d, upper, upper)
+    if not checked:
+        _check_operands(x2d, upper, upper)
+    m, k = x2d.shape
+    n = upper.shape[0]
     if out is None:
         out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
     if m == 0:
@@ -157,12 +175,13 @@ def nested_fp8_gemm(
         xq, xs, stride = x2d, out, x2d.stride(0)  # xs unused
     else:
         (xq, xs), stride = act_quant(x2d, mode), k
-    grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
-    nested_fp8_kernel[grid](
-        xq, xs, upper, bias if bias is not None else out, out, mode,
-        m, n, k, stride, out.stride(0), 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp),
-        HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=cfg.fused_quant, INTERPRET=not x2d.is_cuda,
-        BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    launch(
+        nested_fp8_kernel, triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),
+        (xq, xs, upper, bias if bias is not None else out, out, mode,
+         m, n, k, stride, out.stride(0), 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
+        dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=cfg.fused_quant,
+             INTERPRET=not x2d.is_cuda, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
+             GROUP=cfg.group),
+        cfg.num_warps, cfg.num_stages,
     )
     return out
