@@ -229,30 +229,34 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
 
 
 def mode_switch_cost(n: int = 4096, k: int = 4096, ms=(1, 16, 64)) -> list[dict]:
-    """What the device-side mode costs at decode: the op (both paths launched) vs its kernels alone."""
+    """What the device-side mode costs at decode: the op against its launches one by one.
+
+    Under CUDA graphs (no host overhead): FP16 mode = FP16 GEMM + an FP8 launch that exits at
+    once; FP8 mode = the FP16 launch quantizing x + the FP8 GEMM.
+    """
     nw = make_weight(n, k)
     m16, m8 = new_mode_tensor("cuda", "fp16"), new_mode_tensor("cuda", "fp8")
     rows = []
     for m in ms:
         x = torch.randn(m, k, device="cuda").half()
         out = torch.empty(m, n, device="cuda").half()
+        q, sc = act_quant(x, m8)
         c16, c8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
-        row = dict(n=n, k=k, m=m, fp8_fused_quant=c8.fused_quant)
-        row["op_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, m16, 0))
-        row["fp16_kernel_only_us"] = bench(lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m16, 0, out=out, config=c16))
-        row["fp8_path_idle_us"] = bench(lambda: nested_fp8_gemm(x, nw.upper, m16, 0, out=out, config=c8))
-        row["op_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, m8, 0))
-        row["fp8_path_only_us"] = bench(lambda: nested_fp8_gemm(x, nw.upper, m8, 0, out=out, config=c8))
-        row["fp16_kernel_idle_us"] = bench(lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m8, 0, out=out, config=c16))
-        # The same under CUDA graphs (how vLLM runs decode): replay of one op vs its live kernels.
-        for name, mode in (("fp16", m16), ("fp8", m8)):
-            g = torch.cuda.CUDAGraph()
-            nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
-            with torch.cuda.graph(g):
-                nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
-            row[f"graph_op_{name}_us"] = bench(g.replay)
+        op16 = lambda: nested_linear_cuda(x, nw.upper, nw.lower, m16, 0)  # noqa: E731
+        op8 = lambda: nested_linear_cuda(x, nw.upper, nw.lower, m8, 0)  # noqa: E731
+        parts = {
+            "fp16_gemm": lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m16, 0, out=out, config=c16),
+            "fp8_launch_idle": lambda: nested_fp8_gemm(x, nw.upper, m16, 0, out=out, config=c8, quantized=(q, sc)),
+            "fp16_launch_quantizing": lambda: nested_fp16_gemm(x, nw.upper, nw.lower, m8, 0, out=out, config=c16,
+                                                               quant_out=(q, sc)),
+            "fp8_gemm": lambda: nested_fp8_gemm(x, nw.upper, m8, 0, out=out, config=c8, quantized=(q, sc)),
+        }
+        row = dict(n=n, k=k, m=m, op_fp16_us=bench(op16), op_fp8_us=bench(op8),
+                   graph_op_fp16_us=bench(graphed(op16)), graph_op_fp8_us=bench(graphed(op8)))
+        for name, fn in parts.items():
+            row[f"graph_{name}_us"] = bench(graphed(fn))
         rows.append(row)
-        print("mode switch cost:", {a: round(b, 2) if isinstance(b, float) else b for a, b in row.items()}, flush=True)
+        print("mode switch cost:", {a: round(b, 2) for a, b in row.items()}, flush=True)
     return rows
 
 

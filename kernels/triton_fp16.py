@@ -16,43 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_fp8 import _check_operands, launch, quantize_rows, tile_ids
 from kernels.tuning import TileConfig, get_config
-
-_LAUNCHERS: dict = {}
-
-
-def _spec(a) -> object:
-    """What Triton specializes a kernel on, per argument (dtype and 16-byte alignment, int divisibility)."""
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    if isinstance(a, int):
-        return a % 16 == 0, a == 1, -(2**31) <= a < 2**31
-    return type(a)
-
-
-def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_stages: int) -> None:
-    """``kernel[(grid,)](*args, **consts)`` without JITFunction.run's argument binding on every call.
-
-    The first launch per specialization goes through Triton (compiling if needed); later ones call
-    the compiled kernel's launcher directly. At decode the op makes two or three launches, and
-    Triton's per-launch host work would otherwise take longer than the kernels do on the GPU.
-    Falls back to the ordinary launch where the compiled kernel's interface is not the expected one
-    (another Triton version), under the interpreter, and when a launch hook (profiler) is set.
-    """
-    key = (kernel, num_warps, num_stages, *consts.values(), *map(_spec, args))
-    hit = _LAUNCHERS.get(key)
-    if hit is not None and triton.knobs.runtime.launch_enter_hook is None:
-        ck, device, tail = hit
-        stream = triton.runtime.driver.active.get_current_stream(device)
-        ck.run(grid, 1, 1, stream, ck.function, ck.packed_metadata, None, None, None, *args, *tail)
-        return
-    ck = kernel[(grid,)](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-    names = getattr(kernel, "arg_names", None)
-    if all(hasattr(ck, a) for a in ("run", "function", "packed_metadata")) and names and args[0].is_cuda:
-        # Our kernels declare every run-time argument before the constexprs, as the launcher takes them.
-        assert sorted(consts) == sorted(names[len(args):])
-        tail = tuple(consts[n] for n in names[len(args):])
-        _LAUNCHERS[key] = (ck, args[0].device.index, tail)
 
 # Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
 #   c = (u ^ (l >> 7)) & 1           the rounding carry of each lane (low bits disagree)
@@ -90,30 +55,21 @@ def merge_planes(u, lo, USE_ASM: tl.constexpr):
     return w
 
 
-@triton.jit
-def tile_ids(M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
-    """Grouped launch order: GROUP weight-row blocks share each activation block while hot in L2."""
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    num_m = tl.cdiv(M, BLOCK_M)
-    per_group = GROUP * num_m
-    first_n = (pid // per_group) * GROUP
-    size = min(num_n - first_n, GROUP)
-    pid_n = first_n + (pid % per_group) % size
-    pid_m = (pid % per_group) // size
-    return pid_n, pid_m
-
-
 @triton.jit(do_not_specialize=["M"])
 def nested_fp16_kernel(
-    x_ptr, u_ptr, l_ptr, bias_ptr, y_ptr, mode_ptr,
+    x_ptr, u_ptr, l_ptr, bias_ptr, y_ptr, mode_ptr, q_ptr, s_ptr,
     M, N, K, stride_xm, stride_ym, out_scale,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, USE_ASM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, USE_ASM: tl.constexpr, QUANT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     SWAP_AB: tl.constexpr,
 ):
-    # The mode lives on the device: a CUDA graph captured once serves both modes.
-    if tl.load(mode_ptr) != 0:
+    # The mode lives on the device: a CUDA graph captured once serves both modes. In FP8 mode
+    # this launch is not wasted: with QUANT its programs quantize x for the FP8 GEMM that follows.
+    mode = tl.load(mode_ptr)
+    if mode != 0:
+        if QUANT:
+            if mode == 1:
+                quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, 1024, not USE_ASM)
         return
     u_ptr = u_ptr.to(tl.pointer_type(tl.uint8))  # the E4M3 upper plane, read as bytes
     pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
@@ -158,17 +114,6 @@ def nested_fp16_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
-    if x2d.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"NestedFP kernels take float16 or bfloat16 activations, got {x2d.dtype}")
-    n, k = upper.shape
-    if x2d.shape[1] != k or lower.shape != upper.shape:
-        raise ValueError(f"shape mismatch: x {tuple(x2d.shape)}, upper {tuple(upper.shape)}, lower {tuple(lower.shape)}")
-    if not (upper.is_contiguous() and lower.is_contiguous() and x2d.stride(1) == 1):
-        raise ValueError("planes must be contiguous and x must have unit stride along K")
-    return x2d.shape[0], n, k
-
-
 def nested_fp16_gemm(
     x2d: torch.Tensor,
     upper: torch.Tensor,
@@ -179,11 +124,13 @@ def nested_fp16_gemm(
     out: torch.Tensor | None = None,
     config: TileConfig | None = None,
     checked: bool = False,
+    quant_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Writes ``x2d @ (merge(upper, lower) * 2**scale_exp).T + bias`` into ``out`` if ``mode[0] == 0``.
 
-    When the mode is not 0 every program exits at once and ``out`` is left as it was: the
-    dispatcher launches both precisions' kernels and the device-side mode picks one.
+    Otherwise ``out`` is left as it was, and, if ``mode[0] == 1`` and ``quant_out = (q, s)`` is
+    given, the launch writes the per-token E4M3 quantization of x there for the FP8 GEMM (the
+    dispatcher launches both precisions' kernels and the device-side mode picks the work).
     """
     if not checked:
         _check_operands(x2d, upper, lower)
@@ -194,12 +141,15 @@ def nested_fp16_gemm(
     if m == 0:
         return out
     cfg = config or get_config("fp16", n, k, m)
+    q, s = quant_out if quant_out is not None else (out, out)
+    sx, so = x2d.stride(0), out.stride(0)
+    spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, x2d.data_ptr() & 15, out.data_ptr() & 15,
+            upper.data_ptr() & 15, lower.data_ptr() & 15, n & 15, k & 15, sx & 15, so & 15, n == 1, k == 1)
     launch(
         nested_fp16_kernel, triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),
-        (x2d, upper, lower, bias if bias is not None else out, out, mode,
-         m, n, k, x2d.stride(0), out.stride(0), 2.0**scale_exp),
-        dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda,
+        (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp),
+        dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda, QUANT=quant_out is not None,
              BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group, SWAP_AB=cfg.swap_ab),
-        cfg.num_warps, cfg.num_stages,
+        cfg.num_warps, cfg.num_stages, spec,
     )
     return out

@@ -5,11 +5,13 @@ E4M3 quantization of ``kernels.reference.quantize_per_token`` (absmax / 448). Li
 the weight takes the MMA's M slot (swap AB), so a decode batch uses a 16..64-wide token tile, and
 at small M the kernel streams half the weight bytes of FP16.
 
-Activation quantization comes two ways: a separate one-pass kernel (a program per token row holds
-the whole row in registers: one read of x, one write of q(x) and its scale), or, for small M,
-fused into the GEMM (``fused_quant``: each program first takes the absmax of its token rows over
-K, then quantizes activation tiles in registers as it goes), which saves a launch and the round
-trip through memory at decode, where the activation rows are tiny and live in L2.
+Activation quantization (absmax pass, then a quantizing pass over each token row) runs, in the
+op, inside the FP16 kernel's launch when the mode is FP8 (see ``triton_dispatch``), so the op
+makes two launches in either mode; standalone, ``act_quant`` launches it on its own; or, per the
+tile table, fused into this GEMM (``fused_quant``: each program quantizes its token rows itself,
+which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s.
+
+Also here: the launch helper and tile order both GEMMs share.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import triton
 import triton.language as tl
 
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
-from kernels.triton_fp16 import _check_operands, launch, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 FP8_MAX = tl.constexpr(448.0)
@@ -28,6 +29,59 @@ FP8_MAX = tl.constexpr(448.0)
 # is a true division. The kernels match the reference of the device they run on.
 FP8_MAX_RCP = tl.constexpr(float(torch.tensor(1.0 / 448.0, dtype=torch.float32)))
 MIN_ACT_SCALE = tl.constexpr(1e-12)  # kernels.reference._MIN_ACT_SCALE
+
+
+def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
+    if x2d.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"NestedFP kernels take float16 or bfloat16 activations, got {x2d.dtype}")
+    n, k = upper.shape
+    if x2d.shape[1] != k or lower.shape != upper.shape:
+        raise ValueError(f"shape mismatch: x {tuple(x2d.shape)}, upper {tuple(upper.shape)}, lower {tuple(lower.shape)}")
+    if not (upper.is_contiguous() and lower.is_contiguous() and x2d.stride(1) == 1):
+        raise ValueError("planes must be contiguous and x must have unit stride along K")
+    return x2d.shape[0], n, k
+
+
+_LAUNCHERS: dict = {}
+
+
+def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_stages: int, spec: tuple) -> None:
+    """``kernel[(grid,)](*args, **consts)`` without JITFunction.run's argument binding on every call.
+
+    ``spec``: what Triton specializes on that ``consts`` do not say (dtypes, 16-byte alignment of
+    pointers, divisibility of ints), computed cheaply by the caller. The first launch per key goes
+    through Triton (compiling if needed); later ones call the compiled kernel's launcher directly.
+    At decode the op's launches would otherwise take longer on the host than on the GPU. Falls back
+    to the ordinary launch under the interpreter, when a launch hook (profiler) is set, or where the
+    compiled kernel's interface is not the expected one (another Triton version).
+    """
+    key = (id(kernel), num_warps, num_stages, spec, *consts.values())
+    hit = _LAUNCHERS.get(key)
+    if hit is not None and triton.knobs.runtime.launch_enter_hook is None:
+        ck, device, tail = hit
+        stream = triton.runtime.driver.active.get_current_stream(device)
+        ck.run(grid, 1, 1, stream, ck.function, ck.packed_metadata, None, None, None, *args, *tail)
+        return
+    ck = kernel[(grid,)](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+    names = getattr(kernel, "arg_names", None)
+    if all(hasattr(ck, a) for a in ("run", "function", "packed_metadata")) and names and args[0].is_cuda:
+        # Our kernels declare every run-time argument before the constexprs, as the launcher takes them.
+        assert sorted(consts) == sorted(names[len(args):])
+        _LAUNCHERS[key] = (ck, args[0].device.index, tuple(consts[n] for n in names[len(args):]))
+
+
+@triton.jit
+def tile_ids(M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped launch order: GROUP weight-row blocks share each activation block while hot in L2."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP * num_m
+    first_n = (pid // per_group) * GROUP
+    size = min(num_n - first_n, GROUP)
+    pid_n = first_n + (pid % per_group) % size
+    pid_m = (pid % per_group) // size
+    return pid_n, pid_m
 
 
 @triton.jit
@@ -74,19 +128,33 @@ def div_by_scale(x, s, r, INTERPRET: tl.constexpr):
     return tl.fma(tl.fma(-q, s, x), r, q)
 
 
+@triton.jit
+def quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    """Per-token E4M3 quantization, rows pid, pid + nprog, ...: an absmax pass (rows stay in L2)
+    and a quantizing pass over each row. Exact division: these passes are memory-bound."""
+    offs = tl.arange(0, QBLOCK)
+    for row in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=1):
+        row64 = tl.cast(row, tl.int64)
+        x_row = x_ptr + row64 * stride_xm
+        amax = tl.zeros((QBLOCK,), dtype=tl.float32)
+        for k0 in tl.range(0, K, QBLOCK, num_stages=1):
+            xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(xk))
+        scale = act_scale(tl.max(amax, axis=0), INTERPRET)
+        for k0 in tl.range(0, K, QBLOCK, num_stages=1):
+            xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
+            tl.store(q_ptr + row64 * K + k0 + offs, to_e4m3(q, INTERPRET), mask=k0 + offs < K)
+        tl.store(s_ptr + row, scale)
+
+
 @triton.jit(do_not_specialize=["M"])
-def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, BLOCK_K: tl.constexpr,
+def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr,
                      INTERPRET: tl.constexpr):
-    """One token row per program, read once: absmax -> scale -> E4M3 row."""
+    """Standalone per-token quantization (the dispatcher has the FP16 launch do it instead)."""
     if tl.load(mode_ptr) != 1:
         return
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-    scale = act_scale(tl.max(tl.abs(x), axis=0), INTERPRET)
-    q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)  # memory-bound: the exact division is free
-    tl.store(q_ptr + row * K + offs, to_e4m3(q, INTERPRET), mask=offs < K)
-    tl.store(s_ptr + row, scale)
+    quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK, INTERPRET)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -145,9 +213,9 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torc
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
     s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     if m:
-        block = triton.next_power_of_2(k)
-        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, x2d.stride(0)),
-               dict(BLOCK_K=block, INTERPRET=not x2d.is_cuda), min(16, max(4, block // 2048)), 3)
+        sx = x2d.stride(0)
+        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx), dict(QBLOCK=1024, INTERPRET=not x2d.is_cuda),
+               4, 1, (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1))
     return q, s
 
 
@@ -160,8 +228,13 @@ def nested_fp8_gemm(
     out: torch.Tensor | None = None,
     config: TileConfig | None = None,
     checked: bool = False,
+    quantized: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Writes the FP8-mode product into ``out`` if ``mode[0] == 1`` (quantizing x on the way)."""
+    """Writes the FP8-mode product into ``out`` if ``mode[0] == 1``.
+
+    Activations: ``quantized = (q, s)`` when an earlier launch (the dispatcher's FP16 launch)
+    quantized them; else quantized here, fused into the GEMM or by ``act_quant`` per the config.
+    """
     if not checked:
         _check_operands(x2d, upper, upper)
     m, k = x2d.shape
@@ -171,17 +244,21 @@ def nested_fp8_gemm(
     if m == 0:
         return out
     cfg = config or get_config("fp8", n, k, m)
-    if cfg.fused_quant:
+    fused = cfg.fused_quant and quantized is None
+    if fused:
         xq, xs, stride = x2d, out, x2d.stride(0)  # xs unused
     else:
-        (xq, xs), stride = act_quant(x2d, mode), k
+        (xq, xs), stride = quantized if quantized is not None else act_quant(x2d, mode), k
+    so = out.stride(0)
+    spec = (xq.dtype, xs.dtype, out.dtype, None if bias is None else bias.dtype, xq.data_ptr() & 15,
+            out.data_ptr() & 15, upper.data_ptr() & 15, n & 15, k & 15, stride & 15, so & 15, n == 1, k == 1)
     launch(
         nested_fp8_kernel, triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),
         (xq, xs, upper, bias if bias is not None else out, out, mode,
-         m, n, k, stride, out.stride(0), 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
-        dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=cfg.fused_quant,
+         m, n, k, stride, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
+        dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=fused,
              INTERPRET=not x2d.is_cuda, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
              GROUP=cfg.group),
-        cfg.num_warps, cfg.num_stages,
+        cfg.num_warps, cfg.num_stages, spec,
     )
     return out

@@ -177,6 +177,19 @@ def test_mode_tensor_selects_the_path_at_run_time():
     assert diff > 1e-2, "fp8 mode should differ from fp16 by the quantization error"
 
 
+def test_fp16_launch_quantizes_activations_in_fp8_mode():
+    """In FP8 mode the dispatcher's FP16 launch does the per-token quantization, not the GEMM."""
+    nw = _weights(40, 300)
+    x = torch.randn(9, 300).half() * 2
+    q = torch.zeros(9, 300, dtype=torch.float8_e4m3fn)
+    s = torch.zeros(9)
+    out = tfp16.nested_fp16_gemm(x, nw.upper, nw.lower, new_mode_tensor("cpu", "fp8"), 0, out=_poisoned(9, 40),
+                                 config=SMALL_FP16[0], quant_out=(q, s))
+    assert torch.isnan(out).all()
+    rq, rs = quantize_per_token(x)
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs.flatten())
+
+
 def test_rejects_fp32_activations_with_a_clear_error():
     nw = _weights(16, 32)
     with pytest.raises(TypeError, match="float16 or bfloat16"):
