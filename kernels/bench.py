@@ -255,6 +255,13 @@ def mode_switch_cost(n: int = 4096, k: int = 4096, ms=(1, 16, 64)) -> list[dict]
                    graph_op_fp16_us=bench(graphed(op16)), graph_op_fp8_us=bench(graphed(op8)))
         for name, fn in parts.items():
             row[f"graph_{name}_us"] = bench(graphed(fn))
+        for name, fn in (("fp16", op16), ("fp8", op8)):  # host time to enqueue one op (no sync)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            row[f"host_enqueue_op_{name}_us"] = (time.perf_counter() - t0) / 200 * 1e6
+            torch.cuda.synchronize()
         rows.append(row)
         print("mode switch cost:", {a: round(b, 2) for a, b in row.items()}, flush=True)
     return rows
