@@ -128,3 +128,27 @@ def ensure_tiny_model(path: str | os.PathLike | None = None, seed: int = 0) -> s
 
 if __name__ == "__main__":
     print(ensure_tiny_model())
+
+
+def dummy_weights_model_dir(config_dir: str | os.PathLike, out: str | os.PathLike) -> str:
+    """A servable model dir for ``load_format="dummy"`` runs: the config plus a word-level tokenizer.
+
+    Benchmarks on GPU boxes have architecture configs but no weights or tokenizer; the OpenAI
+    layer still needs a tokenizer whose vocabulary covers every id the model can emit.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((Path(config_dir) / "config.json").read_text())
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL)}
+    vocab.update({f"w{i}": i for i in range(len(_SPECIAL), cfg["vocab_size"])})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", chat_template=CHAT_TEMPLATE
+    ).save_pretrained(out)
+    cfg.update(bos_token_id=1, eos_token_id=2)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(out)

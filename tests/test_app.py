@@ -101,6 +101,7 @@ def test_forced_switch_reaches_every_replica_and_generations_in_flight_complete(
 
 
 def test_override_can_target_one_replica(host):
+    wait_for(lambda: all(m == ("fp16", "fp16") for m in modes(host).values()), 30, "the policy to settle in fp16")
     a, b = sorted(modes(host))
     assert override(host, "fp8", replica=a).status_code == 200
     wait_for(lambda: modes(host)[a] == ("fp8", "fp8"), 10, "the targeted replica to apply fp8")
