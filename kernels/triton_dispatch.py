@@ -1,8 +1,10 @@
 """The CUDA implementation of ``nestedfp::linear``: both precisions' kernels, the mode picks on device.
 
-Each call makes two launches: the FP16 GEMM, then the FP8 GEMM. Both read ``mode`` first. In FP16
-mode the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the activations per
-token (one pass over x) for the FP8 GEMM instead of multiplying, so no launch is wasted there.
+At decode each call makes two launches: the FP16 GEMM, then the FP8 GEMM. Both read ``mode``
+first. In FP16 mode the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the
+activations per token for the FP8 GEMM instead of multiplying, so no launch is wasted there. At
+larger M the quantization gets its own launch (a program per row), as an idle launch costs
+microseconds there against hundreds.
 No host ever reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both
 modes, and flipping the tensor takes effect at the next replay. The price is one empty launch
 per linear in FP16 mode, measured by ``python -m kernels.bench``.
@@ -11,6 +13,7 @@ per linear in FP16 mode, measured by ``python -m kernels.bench``.
 from __future__ import annotations
 
 import torch
+import triton
 
 from kernels.triton_fp8 import nested_fp8_gemm
 from kernels.triton_fp16 import _check_operands, nested_fp16_gemm
@@ -40,11 +43,13 @@ def nested_linear_cuda(
     m = x2d.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m:
-        cfg8 = get_config("fp8", n, k, m)
+        cfg16, cfg8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
         quant = None
-        if not cfg8.fused_quant:  # the FP16 launch quantizes x when the mode is FP8
+        # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
+        # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
+        if not cfg8.fused_quant and 2 * triton.cdiv(n, cfg16.block_n) * triton.cdiv(m, cfg16.block_m) >= m:
             quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device),
                      torch.empty((m,), dtype=torch.float32, device=x.device))
-        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, get_config("fp16", n, k, m), True, quant)
+        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
     return out.reshape(*x.shape[:-1], n)

@@ -57,7 +57,8 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
     """
     key = (id(kernel), num_warps, num_stages, spec, *consts.values())
     hit = _LAUNCHERS.get(key)
-    if hit is not None and triton.knobs.runtime.launch_enter_hook is None:
+    rt = triton.knobs.runtime  # hooks: None, or (Triton 3.6) HookChains, empty unless profiling
+    if hit is not None and not any(getattr(h, "calls", h is not None) for h in (rt.launch_enter_hook, rt.launch_exit_hook)):
         ck, device, tail = hit
         stream = triton.runtime.driver.active.get_current_stream(device)
         ck.run(grid, 1, 1, stream, ck.function, ck.packed_metadata, None, None, None, *args, *tail)
