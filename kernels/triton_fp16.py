@@ -1,13 +1,15 @@
 """NestedFP16 GEMM in Triton: ``y = x @ W.T`` with W rebuilt in registers from its two byte planes.
 
-The weight is the large operand, so it sits in the MMA's M slot ("swap AB": the kernel computes
-``(W @ x.T).T``). A decode batch of 1..64 tokens then fills a 16..64-wide N slot instead of wasting
-a 64-row MMA tile, and on Hopper the rebuilt W tile feeds wgmma straight from registers (an A
-operand may live in registers; B, the activations, comes from shared memory).
-
 The merge is the byte-level carry fix of ``nested_format._merge_chunk``, done four weights per
 32-bit register with one PTX block (8 integer instructions per 4 weights) on the GPU; the Triton
 interpreter (CPU tests) runs the same algorithm written with ``tl`` integer ops.
+
+Two tile shapes, picked per (N, K, M bucket) by ``kernels.tuning``:
+- ``swap_ab`` (decode): the weight takes the MMA's M slot (``(W @ x.T).T``), so 1..16 tokens fill a
+  16-wide N slot. The H200 sweep picks 16-32 weight rows here (mma.sync): register-A wgmma tiles
+  of 64-128 rows measured 2-4x slower, as wgmma waits on each merged tile.
+- weights in the N slot (M >= 64): the merged tile goes through shared memory to wgmma.
+docs/BENCHMARKS.md has the numbers and where the time goes.
 """
 
 from __future__ import annotations
