@@ -30,17 +30,24 @@ class EngineStatsWindow:
 
     def __init__(self, window_s: float = WINDOW_S) -> None:
         self.window_s = window_s
+        self.max_num_batched_tokens = 0  # the step budget, set by the stat logger from vLLM's config
         self._steps: deque[tuple[float, int, int, float, int, list[float], list[float]]] = deque()
         self._latest = (0, 0, 0.0)
         self._lock = threading.Lock()
 
     def record(self, running: int, waiting: int, kv: float, tokens: int, ttfts: list[float], itls: list[float]) -> None:
+        """One engine step: queue state, tokens scheduled, and the step's TTFT / inter-token samples."""
         now = time.monotonic()
         with self._lock:
             self._latest = (running, waiting, kv)
             self._steps.append((now, running, waiting, kv, tokens, list(ttfts), list(itls)))
             while self._steps and self._steps[0][0] < now - self.window_s:
                 self._steps.popleft()
+
+    def latest(self) -> tuple[int, int, float]:
+        """(running, waiting, kv-cache use) from the last step that reported scheduler stats."""
+        with self._lock:
+            return self._latest
 
     def snapshot(self) -> dict[str, Any]:
         """Current queue state plus latency percentiles and rates over the window."""
@@ -73,15 +80,17 @@ class PolicySignalsStatLogger(StatLoggerBase):
     """Feeds ``WINDOW`` from every engine step; registered as a vLLM stat-logger plugin."""
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-        self.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
-        WINDOW.max_num_batched_tokens = self.max_num_batched_tokens  # type: ignore[attr-defined]
+        WINDOW.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0, **_: Any) -> None:
         if scheduler_stats is None and iteration_stats is None:
             return
-        running = getattr(scheduler_stats, "num_running_reqs", 0) if scheduler_stats else WINDOW._latest[0]
-        waiting = getattr(scheduler_stats, "num_waiting_reqs", 0) if scheduler_stats else WINDOW._latest[1]
-        kv = getattr(scheduler_stats, "kv_cache_usage", 0.0) if scheduler_stats else WINDOW._latest[2]
+        if scheduler_stats is not None:
+            running, waiting, kv = (
+                scheduler_stats.num_running_reqs, scheduler_stats.num_waiting_reqs, scheduler_stats.kv_cache_usage
+            )
+        else:
+            running, waiting, kv = WINDOW.latest()
         tokens, ttfts, itls = 0, [], []
         if iteration_stats is not None:
             tokens = iteration_stats.num_generation_tokens + iteration_stats.num_prompt_tokens

@@ -70,7 +70,7 @@ class NestedFPServer(LLMServer):
         return ReplicaStats(
             replica_id=self.replica_id,
             mode=self.agent.mode if hasattr(self, "agent") else await self._engine_mode(),
-            max_num_batched_tokens=getattr(WINDOW, "max_num_batched_tokens", 0),
+            max_num_batched_tokens=WINDOW.max_num_batched_tokens,
             timestamp=time.time(),
             **snap,
         )

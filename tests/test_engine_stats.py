@@ -1,0 +1,41 @@
+"""The replica's policy signals: the sliding window the stat-logger plugin fills each engine step."""
+
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("vllm")
+from deployments import engine_stats  # noqa: E402
+from deployments.engine_stats import EngineStatsWindow, PolicySignalsStatLogger  # noqa: E402
+
+
+def test_window_reports_queue_state_percentiles_and_token_rates():
+    w = EngineStatsWindow(window_s=60)
+    w.record(4, 0, 0.1, 512, [0.2], [])
+    w.record(4, 3, 0.2, 4, [], [0.05, 0.07, 0.09, 0.11])
+    s = w.snapshot()
+    assert (s["num_running"], s["num_waiting"], s["kv_cache_usage"]) == (4, 3, 0.2)
+    assert s["ttft_p50"] == 0.2 and s["tpot_p50"] in (0.07, 0.09) and s["tpot_p90"] == 0.11
+    assert s["scheduled_tokens_per_step"] == (512 + 4) / 2
+    assert s["tokens_per_s"] > 0
+
+
+def test_empty_window_has_no_latency_samples():
+    s = EngineStatsWindow().snapshot()
+    assert s["ttft_p90"] is None and s["tpot_p90"] is None and s["tokens_per_s"] == 0.0
+
+
+def test_stat_logger_feeds_the_process_window_from_vllm_step_stats(monkeypatch):
+    window = EngineStatsWindow(window_s=60)
+    monkeypatch.setattr(engine_stats, "WINDOW", window)
+    cfg = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=2048))
+    logger = PolicySignalsStatLogger(cfg)
+    sched = SimpleNamespace(num_running_reqs=7, num_waiting_reqs=5, kv_cache_usage=0.5)
+    it = SimpleNamespace(num_generation_tokens=7, num_prompt_tokens=100, time_to_first_tokens_iter=[0.3],
+                         inter_token_latencies_iter=[0.02] * 6)
+    logger.record(sched, it)
+    logger.record(None, it)  # an output-only step keeps the last queue state
+    s = window.snapshot()
+    assert (s["num_running"], s["num_waiting"]) == (7, 5)
+    assert s["scheduled_tokens_per_step"] == 107 and s["tpot_p90"] == 0.02 and s["ttft_p50"] == 0.3
+    assert window.max_num_batched_tokens == 2048
