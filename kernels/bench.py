@@ -9,13 +9,21 @@ includes its activation quantization). Every shape is checked against ``kernels.
 before it is timed. Times: ``triton.testing.do_bench`` medians (L2 flushed before each run).
 Also: ragged-shape checks (M = 1, 7, 33, 4097; N, K not multiples of 128; pre-scale, bias,
 bf16), the cost of the mode switch at decode, and the CUDA-graph mode flip.
+
+Large-M hybrid (``triton_dispatch.LARGE_M_THRESHOLD``): the op's eager calls at M >= threshold take
+the mode from its host mirror (FP16: merge pass + cuBLAS). For M >= 64 each row also times both
+paths explicitly (``device_path_*``: threshold off, both launches; ``host_path_*``: threshold 0),
+which is what the threshold is chosen from; ``merge_bandwidth`` times the merge pass against a
+same-size copy; ``hybrid_checks`` checks the path on the GPU (mode flips, graph capture at large M).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import sys
 import time
 
 import torch
@@ -23,11 +31,13 @@ import torch.nn.functional as F
 import triton
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split
-from kernels.ops import MODE_CODES, new_mode_tensor
+from kernels import triton_dispatch
+from kernels.ops import new_mode_tensor, set_host_mode
 from kernels.reference import quantize_per_token
 from kernels.triton_dispatch import nested_linear_cuda
 from kernels.triton_fp8 import act_quant, nested_fp8_gemm
-from kernels.triton_fp16 import merge_planes, nested_fp16_gemm, tile_ids
+from kernels.triton_fp16 import nested_fp16_gemm, tile_ids
+from kernels.triton_merge import merge_weight
 from kernels.tuning import LLAMA_SHAPES, TileConfig, get_config
 import triton.language as tl
 
@@ -151,25 +161,17 @@ def plain_fp16_fn(x: torch.Tensor, w16: torch.Tensor, cfg: TileConfig):
                                            num_stages=cfg.num_stages)
 
 
-@triton.jit
-def merge_kernel(u_ptr, l_ptr, w_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    w = merge_planes(tl.load(u_ptr + offs, mask=ok), tl.load(l_ptr + offs, mask=ok), True)
-    tl.store(w_ptr + offs, w, mask=ok)
+@contextlib.contextmanager
+def large_m_threshold(t: int):
+    """Run the op with another large-M threshold (0: host path always; huge: device path always)."""
+    old, triton_dispatch.LARGE_M_THRESHOLD = triton_dispatch.LARGE_M_THRESHOLD, t
+    try:
+        yield
+    finally:
+        triton_dispatch.LARGE_M_THRESHOLD = old
 
 
-def merge_then_cublas_fn(x: torch.Tensor, nw: NestedWeight):
-    """Diagnostic alternative at large M: rebuild W in one memory pass, then cuBLAS FP16."""
-    n, k = nw.shape
-    w = torch.empty(n, k, device=x.device, dtype=torch.float16)
-
-    def fn():
-        merge_kernel[(triton.cdiv(n * k, 4096),)](nw.upper.view(torch.uint8), nw.lower, w, n * k, BLOCK=4096)
-        return torch.matmul(x, w.t())
-
-    assert torch.equal(fn(), torch.matmul(x, nested_merge(nw).t()))
-    return fn
+DEVICE_PATH_ONLY = 1 << 62
 
 
 def graphed(fn):
@@ -197,6 +199,13 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
             r["cublaslt_fp8_out"] = dtype
             r["nested_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0))
             r["nested_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0))
+            r["large_m_threshold"] = triton_dispatch.LARGE_M_THRESHOLD
+            if m >= 64:  # both paths explicitly, to choose the threshold from
+                for path, t in (("device_path", DEVICE_PATH_ONLY), ("host_path", 0)):
+                    with large_m_threshold(t):
+                        for md in ("fp16", "fp8"):
+                            op = lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes[md], 0)  # noqa: E731
+                            r[f"{path}_{md}_us"] = bench(op)
             if m <= 256:
                 r["graph_cublas_fp16_us"] = bench(graphed(lambda: torch.matmul(x, w16.t())))
                 r["graph_nested_fp16_us"] = bench(graphed(
@@ -205,10 +214,8 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
                     lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0)))
             r["cfg_fp16"] = get_config("fp16", n, k, m).to_dict()
             if m >= 1024 and not r["cfg_fp16"]["swap_ab"] and k % r["cfg_fp16"]["block_k"] == 0:
-                # Where the time goes at large M: the same loop without the merge, and the merge
-                # done as a separate memory pass in front of cuBLAS.
+                # Where the fused kernel's time goes at large M: the same loop without the merge.
                 r["triton_plain_fp16_us"] = bench(plain_fp16_fn(x, w16, get_config("fp16", n, k, m)))
-                r["merge_then_cublas_us"] = bench(merge_then_cublas_fn(x, nw))
             r["cfg_fp8"] = get_config("fp8", n, k, m).to_dict()
             flops = 2 * m * n * k
             r["tflops_cublas_fp16"] = flops / r["cublas_fp16_us"] / 1e6
@@ -276,6 +283,7 @@ def graph_mode_flip(m: int = 16, dims=(4096, 8192, 2048, 4096)) -> dict:
         bias = torch.randn(n, device="cuda").half() * 0.1 if i == 0 else None
         layers.append((nw, bias))
     mode = new_mode_tensor("cuda", "fp16")
+    flip = lambda name: set_host_mode(mode, name)  # noqa: E731
     calls = [0]
 
     def forward(x, ref_mode=None):
@@ -294,8 +302,8 @@ def graph_mode_flip(m: int = 16, dims=(4096, 8192, 2048, 4096)) -> dict:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up: compiles both modes' kernels before capture
-        for code in (1, 0):
-            mode.fill_(code)
+        for name in ("fp8", "fp16"):
+            flip(name)
             forward(x)
     torch.cuda.current_stream().wait_stream(side)
     g = torch.cuda.CUDAGraph()
@@ -303,7 +311,7 @@ def graph_mode_flip(m: int = 16, dims=(4096, 8192, 2048, 4096)) -> dict:
         out = forward(x)
     steps = []
     for name in ("fp8", "fp16", "fp8"):
-        mode.fill_(MODE_CODES[name])
+        flip(name)
         before = calls[0]
         g.replay()
         torch.cuda.synchronize()
@@ -321,6 +329,84 @@ def graph_mode_flip(m: int = 16, dims=(4096, 8192, 2048, 4096)) -> dict:
     res = dict(m=m, dims=list(dims), layers=len(layers), captured_in_mode="fp16", steps=steps, passed=bool(ok),
                scale_exps=[nw.scale_exp for nw, _ in layers])
     print("graph mode flip:", json.dumps(res), flush=True)
+    return res
+
+
+def merge_bandwidth(shapes: dict[str, tuple[int, int]]) -> list[dict]:
+    """The large-M path's merge pass (2 B read + 2 B written per weight) against a copy of the same bytes."""
+    rows = []
+    for name, (n, k) in shapes.items():
+        nw = make_weight(n, k)
+        w16 = nested_merge(nw)
+        dst = torch.empty_like(w16)
+        assert torch.equal(merge_weight(nw.upper, nw.lower, out=dst), w16)
+        gb = 4 * n * k / 1e9
+        r = dict(shape=name, n=n, k=k, merge_us=bench(lambda: merge_weight(nw.upper, nw.lower, out=dst)),
+                 merge_alloc_us=bench(lambda: merge_weight(nw.upper, nw.lower)),
+                 copy_us=bench(lambda: dst.copy_(w16)))
+        r["merge_gb_s"], r["copy_gb_s"] = gb / r["merge_us"] * 1e6, gb / r["copy_us"] * 1e6
+        r["merge_over_copy_bandwidth"] = r["merge_gb_s"] / r["copy_gb_s"]
+        rows.append(r)
+        print("merge bandwidth:", {a: round(b, 3) if isinstance(b, float) else b for a, b in r.items()}, flush=True)
+        del nw, w16, dst
+        torch.cuda.empty_cache()
+    return rows
+
+
+def hybrid_checks() -> dict:
+    """The eager large-M path on the GPU: merge bit-exact, both modes vs the reference after flips
+    through ``set_host_mode``, and a CUDA graph captured at large M still reading the device mode."""
+    rows = []
+    for n, k, amax in ((4096, 4096, 0.25), (1000, 4000, 0.25), (3000, 2048, 5.0)):
+        nw = make_weight(n, k, amax)
+        w16 = nested_merge(nw)
+        bias = torch.randn(n, device="cuda").half() if nw.scale_exp else None
+        mode = new_mode_tensor("cuda", "fp8")
+        for m in (1024, 4097):
+            x = torch.randn(m, k, device="cuda").half()
+            for name in ("fp16", "fp8", "fp16"):
+                set_host_mode(mode, name)
+                y = nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp, bias)
+                ref = nested_linear(x, nw, name, bias)
+                err = rel_err(y, ref)
+                rows.append(dict(n=n, k=k, m=m, scale_exp=nw.scale_exp, mode=name, rel_err=err,
+                                 equals_reference=bool(torch.equal(y, ref))))
+                if not err < TOL[name]:
+                    raise AssertionError(f"large-M {name} rel err {err:.3g} at {m}x{n}x{k}")
+        rows.append(dict(n=n, k=k, scale_exp=nw.scale_exp, merge_bit_exact=bool(
+            torch.equal(merge_weight(nw.upper, nw.lower, nw.scale_exp).view(torch.int16), w16.view(torch.int16))
+            and torch.equal(merge_weight(nw.upper, nw.lower, nw.scale_exp, torch.bfloat16).view(torch.int16),
+                            w16.bfloat16().view(torch.int16)))))
+    # Capture at M = 1024 in fp16 mode, flip through set_host_mode: replays must follow the device
+    # tensor (captured device path), equal to the eager device path bit for bit.
+    nw = make_weight(4096, 4096)
+    mode = new_mode_tensor("cuda", "fp16")
+    x = torch.randn(1024, 4096, device="cuda").half()
+    op = lambda: nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)  # noqa: E731
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), large_m_threshold(DEVICE_PATH_ONLY):
+        for name in ("fp8", "fp16"):
+            set_host_mode(mode, name)
+            op()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = op()
+    graph = []
+    for name in ("fp8", "fp16", "fp8"):
+        set_host_mode(mode, name)
+        g.replay()
+        with large_m_threshold(DEVICE_PATH_ONLY):
+            eager_device = op()
+        graph.append(dict(mode=name, replay_equals_eager_device_path=bool(torch.equal(out, eager_device)),
+                          rel_err_vs_reference=rel_err(out, nested_linear(x, nw, name)),
+                          rel_err_vs_eager_host_path=rel_err(out, op())))
+    res = dict(rows=rows, graph_capture_m1024=graph,
+               passed=all(r.get("merge_bit_exact", True) for r in rows)
+               and all(s["replay_equals_eager_device_path"] and s["rel_err_vs_reference"] < TOL[s["mode"]]
+                       for s in graph))
+    print("hybrid checks:", json.dumps(res), flush=True)
     return res
 
 
@@ -345,6 +431,15 @@ def summarize(rows: list[dict]) -> dict:
     if g:  # supplementary: the same ops under CUDA graphs (no host launch overhead in either)
         s["graph_fp16_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp16_us"] for r in g)
         s["graph_fp8_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp8_us"] for r in g)
+    s["fp16_geomean_m_ge_1024"] = geomean(r["ratio_fp16"] for r in large)
+    for m in sorted({r["m"] for r in rows}):
+        at = [r for r in rows if r["m"] == m]
+        s[f"fp16_geomean_m{m}"] = geomean(r["ratio_fp16"] for r in at)
+        s[f"fp8_geomean_m{m}"] = geomean(r["ratio_fp8"] for r in at)
+        if "host_path_fp16_us" in at[0]:  # the two paths side by side: the threshold's evidence
+            for path in ("device_path", "host_path"):
+                for md in ("fp16", "fp8"):
+                    s[f"{path}_{md}_geomean_m{m}"] = geomean(r["cublas_fp16_us"] / r[f"{path}_{md}_us"] for r in at)
     s["targets"] = {
         "fp16 geomean >= 0.98": s["fp16_geomean_all"] >= 0.98,
         "fp16 every shape >= 0.95": s["fp16_min"] >= 0.95,
@@ -381,14 +476,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two shapes, three M values")
     ap.add_argument("--out", default=f"nestedfp-bench-{time.strftime('%Y-%m-%d')}.json")
-    ap.add_argument("--skip-extras", action="store_true", help="only the shape table")
+    ap.add_argument("--skip-extras", action="store_true", help="only the shape table (and merge bandwidth)")
+    ap.add_argument("--shapes", help="comma-separated subset of " + ",".join(LLAMA_SHAPES))
+    ap.add_argument("--ms", help="comma-separated M values (default " + ",".join(map(str, MS)) + ")")
     args = ap.parse_args()
+    t_start = time.perf_counter()
     torch.manual_seed(int(time.time()))  # fresh inputs every run
     shapes = {s: LLAMA_SHAPES[s] for s in ("8B.o", "70B.gate_up")} if args.quick else LLAMA_SHAPES
+    if args.shapes:
+        shapes = {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}
     ms = (1, 64, 4096) if args.quick else MS
+    if args.ms:
+        ms = tuple(int(v) for v in args.ms.split(","))
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                  date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command="python -m kernels.bench"
-                  + (" --quick" if args.quick else ""))
+                  date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command="python -m kernels.bench "
+                  + " ".join(sys.argv[1:]), large_m_threshold=triton_dispatch.LARGE_M_THRESHOLD)
     if not args.skip_extras:
         result["ragged_checks"] = checks = ragged_checks()
         result["checks_passed"] = all(c.get("act_quant_code_mismatches", 0) == 0
@@ -398,10 +500,13 @@ def main() -> None:
               f"{max(r.get('fp8', 0) for r in result['ragged_checks']):.2e}", flush=True)
         result["graph_mode_flip"] = [graph_mode_flip(m) for m in (1, 64)]
         result["mode_switch_cost"] = mode_switch_cost()
+        result["hybrid_checks"] = hybrid_checks()
+    result["merge_bandwidth"] = merge_bandwidth(shapes)
 
     def save(rows):
         result["rows"] = rows
         result["summary"] = summarize(rows)
+        result["elapsed_s"] = time.perf_counter() - t_start
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
 

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import torch
 
+from kernels.mode_state import MODE_CODES, host_mode, register_host_mode, set_host_mode  # noqa: F401 (re-exported)
 from kernels.nested_format import NestedWeight
 from kernels.reference import nested_linear
 
-MODE_FP16 = 0
-MODE_FP8 = 1
-MODE_CODES = {"fp16": MODE_FP16, "fp8": MODE_FP8}
+MODE_FP16 = MODE_CODES["fp16"]
+MODE_FP8 = MODE_CODES["fp8"]
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 
 
 def new_mode_tensor(device: torch.device | str, mode: str = "fp16") -> torch.Tensor:
-    """A one-element int32 tensor holding the mode code, on the model's device."""
-    return torch.full((1,), MODE_CODES[mode], dtype=torch.int32, device=device)
+    """A one-element int32 tensor holding the mode code, on the model's device (host mirror set).
+
+    Flip it with ``set_host_mode`` (``kernels.mode_state``), never by writing it directly.
+    """
+    t = torch.full((1,), MODE_CODES[mode], dtype=torch.int32, device=device)
+    register_host_mode(t, mode)
+    return t
 
 
 @torch.library.custom_op("nestedfp::linear", mutates_args=())

@@ -8,16 +8,29 @@ microseconds there against hundreds.
 No host ever reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both
 modes, and flipping the tensor takes effect at the next replay. The price is one empty launch
 per linear in FP16 mode, measured by ``python -m kernels.bench``.
+
+Large M, eager only: when the call is not being captured into a CUDA graph and M >=
+``LARGE_M_THRESHOLD``, the mode comes from the host mirror (``kernels.mode_state.host_mode``, kept by
+``set_host_mode`` / vLLM's ``precision.set_mode``) and one path runs: FP16 = a merge pass into an
+N x K temporary + cuBLAS (``F.linear``), faster there than the fused GEMM (docs/BENCHMARKS.md,
+"Kernels v2"); FP8 = the FP8 GEMM alone. vLLM runs decode batches in CUDA graphs and prefill
+chunks eagerly, so prefill gets this while graphs keep the device-side pick. A mode tensor
+without a live mirror falls back to the device-side pick.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 
+from kernels.mode_state import host_mode
 from kernels.triton_fp8 import nested_fp8_gemm
 from kernels.triton_fp16 import _check_operands, nested_fp16_gemm
+from kernels.triton_merge import merge_weight
 from kernels.tuning import get_config
+
+LARGE_M_THRESHOLD = 1024  # eager calls with M >= this pick the path on the host (module docstring)
 
 
 def nested_linear_cuda(
@@ -32,7 +45,8 @@ def nested_linear_cuda(
 
     ``x``: [..., K] float16 or bfloat16 (output in x's dtype); ``upper``/``lower``: [N, K];
     ``mode``: one-element int32 tensor on x's device. Also runs on CPU tensors under
-    ``TRITON_INTERPRET=1`` (the CPU tests).
+    ``TRITON_INTERPRET=1`` (the CPU tests). Eager calls with M >= ``LARGE_M_THRESHOLD`` take the
+    mode from its host mirror instead (module docstring); flip modes with ``set_host_mode``.
     """
     k = x.shape[-1]
     n = upper.shape[0]
@@ -41,8 +55,15 @@ def nested_linear_cuda(
         x2d = x2d.contiguous()
     _check_operands(x2d, upper, lower)
     m = x2d.shape[0]
+    name = None
+    if m >= LARGE_M_THRESHOLD and not (x2d.is_cuda and torch.cuda.is_current_stream_capturing()):
+        name = host_mode(mode)
+        if name == "fp16":  # exactly the reference: F.linear on the merged weight
+            return F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias).reshape(*x.shape[:-1], n)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m:
+    if name == "fp8":
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m), True, None)
+    elif m:
         cfg16, cfg8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
         quant = None
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is decorated
@@ -26,7 +27,8 @@ def _interpreted_modules():
     """Our kernel modules with interpreted kernels (reloaded if another test imported them first)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    names = ["kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_dispatch"]
+    names = ["kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_merge",
+             "kernels.triton_dispatch"]
     mods = [importlib.import_module(n) for n in names]
     if not isinstance(mods[1].nested_fp16_kernel, InterpretedFunction):
         mods = [importlib.reload(m) for m in mods]
@@ -35,10 +37,10 @@ def _interpreted_modules():
     return mods
 
 
-tuning, tfp16, tfp8, dispatch = _interpreted_modules()
+tuning, tfp16, tfp8, tmerge, dispatch = _interpreted_modules()
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
-from kernels.ops import new_mode_tensor  # noqa: E402
+from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
 from kernels.reference import quantize_per_token  # noqa: E402
 
 TileConfig = tuning.TileConfig
@@ -214,3 +216,64 @@ def test_config_lookup_uses_table_then_heuristic():
     assert cfg == tuning.heuristic_config("fp16", 12345, 678, 3)
     assert cfg.block_m == 16  # decode: the narrowest token tile the MMA takes
     assert tuning.m_bucket(1) == 16 and tuning.m_bucket(4097) == 8192 and tuning.m_bucket(10**6) == 8192
+
+
+@pytest.mark.parametrize("n,k,amax", [(37, 203, 0.5), (5, 4099, 6.0), (1, 1, 0.5)])
+def test_merge_kernel_is_bit_exact_with_nested_merge(n, k, amax):
+    """The one-pass merge (large-M FP16 path) rebuilds the planes' FP16 weight bit for bit."""
+    nw = _weights(n, k, amax=amax)
+    assert (nw.scale_exp > 0) == (amax > 1.875)
+    ref = nested_merge(nw)
+    got = tmerge.merge_weight(nw.upper, nw.lower, nw.scale_exp)
+    assert torch.equal(got.view(torch.int16), ref.view(torch.int16))
+    bf = tmerge.merge_weight(nw.upper, nw.lower, nw.scale_exp, torch.bfloat16)
+    assert torch.equal(bf.view(torch.int16), ref.to(torch.bfloat16).view(torch.int16))
+
+
+def test_host_mode_mirror_follows_set_host_mode_only_while_the_tensor_lives():
+    mode = new_mode_tensor("cpu", "fp8")
+    assert host_mode(mode) == "fp8" and host_mode(mode[:1]) == "fp8"
+    assert set_host_mode(mode, "fp16") is mode and int(mode.item()) == 0 and host_mode(mode) == "fp16"
+    assert host_mode(torch.zeros(1, dtype=torch.int32)) is None  # never registered: device read
+    with pytest.raises(ValueError):
+        set_host_mode(mode, "int4")
+    ptr = mode.data_ptr()
+    del mode
+    other = torch.zeros(1, dtype=torch.int32)
+    if other.data_ptr() == ptr:  # the address was reused: a dead entry must not answer
+        assert host_mode(other) is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_large_m_path_follows_the_mode_flipped_through_set_host_mode(monkeypatch, bias):
+    """Eager M >= threshold: merge + F.linear in fp16 (= the reference exactly), FP8 GEMM alone in fp8."""
+    monkeypatch.setattr(dispatch, "LARGE_M_THRESHOLD", 8)
+    calls = []
+    real16 = dispatch.nested_fp16_gemm
+    monkeypatch.setattr(dispatch, "nested_fp16_gemm", lambda *a, **kw: calls.append("fused16") or real16(*a, **kw))
+    nw = _weights(40, 72, amax=3.0)  # pre-scaled
+    x = torch.randn(9, 72).half()
+    b = torch.randn(40).half() if bias else None
+    mode = new_mode_tensor("cpu", "fp8")
+    for name in ("fp16", "fp8", "fp16"):
+        set_host_mode(mode, name)
+        y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp, b)
+        ref = nested_linear(x, nw, name, b)
+        if name == "fp16":
+            assert torch.equal(y, ref)
+        else:
+            assert _rel(y, ref) < FP8_TOL
+    assert calls == [], "the large-M path launched the fused FP16 kernel"
+    small = dispatch.nested_linear_cuda(x[:7], nw.upper, nw.lower, mode, nw.scale_exp, b)  # below: unchanged
+    assert calls == ["fused16"] and _rel(small, nested_linear(x[:7], nw, "fp16", b)) < FP16_TOL
+    unregistered = torch.ones(1, dtype=torch.int32)  # no mirror: the device-side pick, both launches
+    y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, unregistered, nw.scale_exp, b)
+    assert calls == ["fused16", "fused16"] and _rel(y, nested_linear(x, nw, "fp8", b)) < FP8_TOL
+
+
+def test_cuda_impl_registers_whichever_module_is_imported_first():
+    """The dispatcher reads the mirror from kernels.mode_state, not kernels.ops: no import cycle
+    (ops registers the dispatcher on import and would silently skip it on an ImportError)."""
+    code = ("from kernels import triton_dispatch; import kernels.ops, torch; "
+            "assert torch._C._dispatch_has_kernel_for_dispatch_key('nestedfp::linear', 'CUDA')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

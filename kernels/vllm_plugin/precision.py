@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops import MODE_CODES, MODE_NAMES, new_mode_tensor
+from kernels.ops import MODE_CODES, MODE_NAMES, new_mode_tensor, set_host_mode
 
 _mode_tensors: dict[str, torch.Tensor] = {}
 
@@ -18,11 +18,15 @@ def mode_tensor(device: torch.device | str) -> torch.Tensor:
 
 
 def set_mode(mode: str) -> None:
-    """Flip every mode tensor in place: graphs and compiled code see it on their next run."""
+    """Flip every mode tensor in place: graphs and compiled code see it on their next run.
+
+    Goes through ``kernels.ops.set_host_mode`` so the host mirror that eager large-M (prefill)
+    calls read stays in step with the device tensor.
+    """
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")
     for t in _mode_tensors.values():
-        t.fill_(MODE_CODES[mode])
+        set_host_mode(t, mode)
 
 
 def get_mode() -> str:
