@@ -1,6 +1,21 @@
 import os
+import sys
 
 import pytest
+import torch
+
+# Triton picks interpreter or compiler when a function is decorated, and its own language helpers
+# are decorated when triton is first imported. On CPU machines, import it once in interpreter mode
+# before any test module (vLLM, the app) can, then clear the variable so the processes tests spawn
+# (vLLM engines, Ray workers) start normally. tests/test_triton_kernels.py re-decorates our kernels.
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del os.environ["TRITON_INTERPRET"]
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -24,17 +24,22 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 
 def _interpreted_modules():
-    """Our kernel modules with interpreted kernels (reloaded if another test imported them first)."""
+    """Our kernel modules with interpreted kernels (reloaded if another test imported them first).
+
+    Reloaded in import-dependency order: a module that imports another's jit helpers must be
+    reloaded after it, or it keeps the non-interpreted helpers.
+    """
     from triton.runtime.interpreter import InterpretedFunction
 
-    names = ["kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_merge",
+    names = ["kernels.tuning", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
              "kernels.triton_dispatch"]
-    mods = [importlib.import_module(n) for n in names]
-    if not isinstance(mods[1].nested_fp16_kernel, InterpretedFunction):
-        mods = [importlib.reload(m) for m in mods]
-    if not isinstance(mods[1].nested_fp16_kernel, InterpretedFunction):
+    mods = {n: importlib.import_module(n) for n in names}
+    if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
+        mods = {n: importlib.reload(mods[n]) for n in names}
+    if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
         pytest.skip("Triton kernels were decorated without the interpreter", allow_module_level=True)
-    return mods
+    return [mods[n] for n in ("kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_merge",
+                              "kernels.triton_dispatch")]
 
 
 tuning, tfp16, tfp8, tmerge, dispatch = _interpreted_modules()
