@@ -13,8 +13,6 @@ from kernels.mode_state import MODE_CODES, host_mode, register_host_mode, set_ho
 from kernels.nested_format import NestedWeight
 from kernels.reference import nested_linear
 
-MODE_FP16 = MODE_CODES["fp16"]
-MODE_FP8 = MODE_CODES["fp8"]
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 
 
