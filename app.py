@@ -10,10 +10,14 @@ from typing import Any
 
 from ray.serve.deployment import Application
 
-from deployments.builder import build_app
+from deployments.compat import check_serve_llm_imports
 from deployments.config import load_config
 
 
 def main(args: dict[str, Any] | None = None) -> Application:
     args = dict(args or {})
-    return build_app(load_config(args.pop("config", None), **args))
+    cfg = load_config(args.pop("config", None), **args)
+    check_serve_llm_imports()  # a clear error for a mismatched Ray/vLLM pair, before Ray's own
+    from deployments.builder import build_app
+
+    return build_app(cfg)

@@ -14,7 +14,7 @@ from typing import Any, AsyncGenerator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from ray.serve.llm import LLMServer
+from ray.serve.llm.deployment import LLMServer
 
 from deployments.engine_stats import WINDOW
 from policies.agent import HandleController, PrecisionAgent
@@ -93,4 +93,6 @@ class NestedFPServer(LLMServer):
     async def __del__(self) -> None:
         if hasattr(self, "agent"):
             await self.agent.stop()
-        await super().__del__()
+        parent_del = getattr(super(), "__del__", None)  # Ray >= 2.60 shuts the engine down here
+        if parent_del is not None:
+            await parent_del()
