@@ -39,5 +39,15 @@ class ReplicaPrecision(BaseModel):
 
 
 class PrecisionStatus(BaseModel):
+    policy: Optional[str] = None
+    policy_params: dict = Field(default_factory=dict)
     replicas: dict[str, ReplicaPrecision]
     switches: list[dict]
+
+
+class PolicyStatus(BaseModel):
+    name: str
+    params: dict
+    since: float
+    available: list[str]
+    changes: list[dict]

@@ -1,9 +1,9 @@
 """The HTTP and handle front door: Ray Serve LLM's OpenAI ingress plus precision admin and metrics.
 
 OpenAI routes, model cards, request validation and SSE framing come from ``OpenAiIngress``.
-Added here: response headers naming the replica and its mode, ``/admin/precision`` (bearer
-token), ``/metrics``, OpenAI-style 4xx bodies for malformed requests, 503 on overload, and a
-typed Python API for ``DeploymentHandle`` callers.
+Added here: response headers naming the replica and its mode, ``/admin/precision`` and
+``/admin/policy`` (bearer token), ``/metrics``, OpenAI-style 4xx bodies for malformed requests, 503
+on overload, and a typed Python API for ``DeploymentHandle`` callers.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from deployments.client_types import CompletionInput, CompletionOutput, PrecisionStatus, TokenChunk
+from deployments.client_types import CompletionInput, CompletionOutput, PolicyStatus, PrecisionStatus, TokenChunk
 from deployments.replica import ServedBy
+from policies.registry import build_policy
 
 MODE_HEADER = "x-nestedfp-mode"
 REPLICA_HEADER = "x-nestedfp-replica"
@@ -53,6 +54,8 @@ ENDPOINTS = {
     **DEFAULT_ENDPOINTS,
     "get_precision": lambda app: app.get("/admin/precision"),
     "set_precision": lambda app: app.post("/admin/precision"),
+    "get_policy": lambda app: app.get("/admin/policy"),
+    "set_policy": lambda app: app.post("/admin/policy"),
     "metrics": lambda app: app.get("/metrics"),
 }
 
@@ -132,6 +135,34 @@ class PrecisionIngress(OpenAiIngress):
                 return openai_error(404, f"unknown replica {replica!r}; known: {sorted(known)}", "not_found_error")
         return JSONResponse(await self._controller.override.remote(body["mode"], replica))
 
+    async def get_policy(self, request: Request) -> Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        return JSONResponse(await self._controller.policy_status.remote())
+
+    async def set_policy(self, request: Request) -> Response:
+        """Swap the adaptive policy; answers with the GET /admin/precision body after the swap."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return openai_error(400, "body must be JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return openai_error(400, "body must be {\"name\": policy name, \"params\": optional object}")
+        if extra := sorted(set(body) - {"name", "params"}):
+            return openai_error(400, f"unknown fields {extra}; expected 'name' and optional 'params'")
+        params = body.get("params")
+        if params is not None and not isinstance(params, dict):
+            return openai_error(400, "'params' must be a JSON object")
+        # Validate here, with the controller's own rules: a ValueError raised inside the controller
+        # would reach us wrapped in a Ray error with its traceback as the message.
+        try:
+            build_policy(body["name"], params)
+        except ValueError as e:
+            return openai_error(400, str(e))
+        return JSONResponse(await self._controller.set_policy.remote(body["name"], params))
+
     async def metrics(self) -> Response:
         text = await self._controller.metrics_text.remote()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
@@ -193,3 +224,7 @@ class PrecisionIngress(OpenAiIngress):
     async def precision(self) -> PrecisionStatus:
         """Every replica's mode as the controller sees it."""
         return PrecisionStatus.model_validate(await self._controller.status.remote())
+
+    async def policy(self) -> PolicyStatus:
+        """The adaptive policy in force, its parameters and the policies that could replace it."""
+        return PolicyStatus.model_validate(await self._controller.policy_status.remote())

@@ -1,4 +1,5 @@
-"""Client for /admin/precision: read replica modes and switches, set static modes for comparisons.
+"""Client for /admin/precision and /admin/policy: read replica modes and switches, set static modes and
+adaptive policies for comparisons.
 
 The poller keeps every snapshot taken during a run; the union of their ``switches`` lists survives a
 server that keeps only its most recent switches.
@@ -10,6 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import requests
 
@@ -23,32 +25,39 @@ class AdminError(RuntimeError):
 class AdminClient:
     def __init__(self, host: str, token: str | None = None, timeout: float = 5.0) -> None:
         self.url = host.rstrip("/") + "/admin/precision"
+        self.policy_url = host.rstrip("/") + "/admin/policy"
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.headers = {"authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # straight to the host: no proxies from the environment
 
+    def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        """One admin request; anything but HTTP 200 raises AdminError with the server's message."""
+        what = f"{method} {url}" + (f" {body}" if body is not None else "")
+        try:
+            r = self.session.request(method, url, json=body, headers=self.headers, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise AdminError(f"{what}: {e}") from e
+        if r.status_code != 200:
+            raise AdminError(f"{what}: HTTP {r.status_code} {r.text[:200]}")
+        return r.json() if r.content else {}
+
     def get(self) -> dict:
         """GET /admin/precision; raises AdminError when it is not available."""
-        try:
-            r = self.session.get(self.url, headers=self.headers, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise AdminError(f"GET {self.url}: {e}") from e
-        if r.status_code != 200:
-            raise AdminError(f"GET {self.url}: HTTP {r.status_code} {r.text[:200]}")
-        return r.json()
+        return self._call("GET", self.url)
 
     def set_mode(self, mode: str, replica: str | None = None) -> dict:
         """POST a static mode ("fp16"/"fp8") or hand back to the policy ("auto")."""
-        body = {"mode": mode} | ({"replica": replica} if replica else {})
-        try:
-            r = self.session.post(self.url, json=body, headers=self.headers, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise AdminError(f"POST {self.url}: {e}") from e
-        if r.status_code != 200:
-            raise AdminError(f"POST {self.url} {body}: HTTP {r.status_code} {r.text[:200]}")
-        return r.json() if r.content else {}
+        return self._call("POST", self.url, {"mode": mode} | ({"replica": replica} if replica else {}))
+
+    def get_policy(self) -> dict:
+        """GET /admin/policy: the adaptive policy's ``name`` and ``params``, and the ``available`` names."""
+        return self._call("GET", self.policy_url)
+
+    def set_policy(self, name: str, params: Mapping[str, Any] | None = None) -> dict:
+        """POST /admin/policy: the controller decides with policy ``name`` from its next tick."""
+        return self._call("POST", self.policy_url, {"name": name, "params": dict(params or {})})
 
 
 @dataclass

@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from loadtests.compare import POLICIES, run_compare
+from loadtests.compare import POLICIES, adaptive_params, parse_policies, run_compare
 from loadtests.runner import LoadTestConfig, run_load
 from loadtests.shapes import SHAPES, ShapeOptions
 
 
 def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(",") if x.strip())
+
+
+def _policy_params(s: str) -> tuple[str, dict]:
+    """One --policy-params value: NAME=JSON object."""
+    name, sep, raw = s.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME='{{...}}', got {s!r}")
+    try:
+        params = json.loads(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{name.strip()}: params are not JSON ({e})") from None
+    if not isinstance(params, dict):
+        raise argparse.ArgumentTypeError(f"{name.strip()}: params must be a JSON object, got {raw!r}")
+    return name.strip(), params
+
+
+def compare_policies(a: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, dict]]:
+    """The compare command's policy entries and the params of each auto:NAME, checked before any run.
+
+    Raises ValueError for an unknown or repeated entry, a NAME given twice, or params no run uses.
+    """
+    policies = tuple(p.strip() for p in a.policies.split(",") if p.strip())
+    params: dict[str, dict] = {}
+    for name, value in a.policy_params or ():
+        if name in params:
+            raise ValueError(f"--policy-params given twice for {name!r}")
+        params[name] = value
+    adaptive_params(parse_policies(policies), params, a.slo_ttft, a.slo_tpot)
+    return policies, params
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -24,7 +54,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="default: the first model of GET /v1/models")
     g.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                    help="do not send ignore_eos (outputs may end before max_tokens)")
-    g.add_argument("--admin-token", default=None, help="bearer token for /admin/precision "
+    g.add_argument("--admin-token", default=None, help="bearer token for /admin/precision and /admin/policy "
                                                        "(default $NESTEDFP_ADMIN_TOKEN)")
     g.add_argument("--poll-interval", type=float, default=0.5, help="seconds between /admin/precision polls")
     g = p.add_argument_group("SLO")
@@ -102,15 +132,32 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description="NestedFP burst load tests")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_common(sub.add_parser("run", help="one load test -> report.json, Locust CSV/HTML, timeline.png"))
-    cmp = sub.add_parser("compare", help="the same shape under static fp16, static fp8 and adaptive")
+    cmp = sub.add_parser("compare", help="the same shape under static fp16, static fp8 and adaptive policies")
     _add_common(cmp)
-    cmp.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of fp16,fp8,auto")
+    cmp.add_argument("--policies", default=",".join(POLICIES),
+                     help="comma-separated runs: fp16, fp8 (static overrides), auto (the app's adaptive policy) "
+                          "and auto:NAME (switch the app to adaptive policy NAME for that run via /admin/policy), "
+                          "e.g. fp16,fp8,auto:slo,auto:queue_depth; the app's policy is restored afterwards")
+    cmp.add_argument("--policy-params", type=_policy_params, action="append", metavar="NAME=JSON",
+                     help="params for the auto:NAME run, e.g. --policy-params queue_depth='{\"high\": 4}'; "
+                          "repeat once per policy. Without it a policy gets its defaults, except slo, which "
+                          "gets ttft_s/tpot_s from --slo-ttft/--slo-tpot")
     cmp.add_argument("--settle", type=float, default=5.0, help="seconds to wait after switching policy")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     a = parser.parse_args(argv)
+    if a.command == "compare":
+        try:
+            policies, params = compare_policies(a)
+        except ValueError as e:
+            parser.error(str(e))
     cfg = config_from_args(a)
     if a.command == "run":
         report = run_load(cfg)
@@ -118,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {Path(cfg.report_dir) / 'report.json'}")
         failed = report["overall"]["requests"]["errors"] + report["overall"]["requests"]["dropped"]
     else:
-        result = run_compare(cfg, tuple(p.strip() for p in a.policies.split(",") if p.strip()), a.settle)
+        result = run_compare(cfg, policies, a.settle, params)
         print((Path(cfg.report_dir) / "compare.md").read_text())
         failed = sum(r["errors"] + r["dropped"] for r in result["rows"])
     return 1 if a.fail_on_error and failed else 0

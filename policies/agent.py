@@ -60,6 +60,12 @@ class HandleController:
     async def override(self, mode: str, replica: Optional[str] = None) -> dict[str, Any]:
         return await self._call("override", mode, replica)
 
+    async def set_policy(self, name: str, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        return await self._call("set_policy", name, params)
+
+    async def policy_status(self) -> dict[str, Any]:
+        return await self._call("policy_status")
+
     async def status(self) -> dict[str, Any]:
         return await self._call("status")
 

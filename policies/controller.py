@@ -6,7 +6,8 @@ policy every tick and, when any assignment changes, bumps one version and wakes 
 at once -- the broadcast (Serve's own config push works the same way).
 
 The controller keeps no durable state. A restarted controller learns replicas from their reports
-and adopts the mode each one reports (reason "resumed"), so a restart never flips a replica.
+and adopts the mode each one reports (reason "resumed"), so a restart never flips a replica. It
+also starts with the configured policy again: a policy set at run time (``set_policy``) is lost.
 
 ``PrecisionController`` is the state machine, plain asyncio and testable without Ray;
 ``PolicyController`` is the Serve deployment around it. A Serve replica is a named Ray actor that
@@ -29,7 +30,7 @@ from ray import serve
 
 from policies._aio import within
 from policies.base import Policy
-from policies.registry import build_policy
+from policies.registry import POLICIES, build_policy, policy_params
 from policies.signals import MODES, Decision, Mode, ReplicaStats
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,13 @@ class PrecisionController:
         stale_after_s: float = 3.0,
         forget_after_s: float = 600.0,
         switch_log_len: int = 1000,
+        policy_log_len: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
+        self._policy_params = policy_params(policy)
+        self._policy_since = clock()
+        self._policy_log: deque[dict[str, Any]] = deque(maxlen=policy_log_len)
         self.history_len = history_len
         self.stale_after_s = stale_after_s
         self.forget_after_s = forget_after_s
@@ -173,10 +178,40 @@ class PrecisionController:
         self.tick()
         return self.status()
 
+    async def set_policy(self, name: str, params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """Swap the adaptive policy at run time; it decides from the next tick, which runs at once.
+
+        A bad name or params raise ValueError and leave the old policy in place. Nothing else needs
+        resetting: policies are pure (policies/base.py), the stats history is the replicas' own and
+        serves the new policy from its first decision, and the dwell clock keeps counting from the
+        last switch, so the new policy cannot flap a replica the old one has just switched.
+        Overrides still win: a pinned replica stays pinned until handed back with "auto".
+        """
+        policy = build_policy(name, params)
+        now = self._clock()
+        old = {"name": self.policy.name, "params": self._policy_params}
+        self.policy, self._policy_params, self._policy_since = policy, policy_params(policy), now
+        self._policy_log.append({"time": now, "from": old, "to": {"name": policy.name, "params": self._policy_params}})
+        log.info("policy %s %s -> %s %s", old["name"], old["params"], policy.name, self._policy_params)
+        self.tick()
+        return self.status()
+
+    def policy_status(self) -> dict[str, Any]:
+        """The GET /admin/policy body; ``{"name", "params"}`` of it POSTs back to restore this policy."""
+        return {
+            "name": self.policy.name,
+            "params": dict(self._policy_params),
+            "since": self._policy_since,
+            "available": sorted(POLICIES),
+            "changes": list(self._policy_log),
+        }
+
     def status(self) -> dict[str, Any]:
         """The GET /admin/precision body (ARCHITECTURE.md), plus policy, version and staleness."""
         return {
             "policy": self.policy.name,
+            "policy_params": dict(self._policy_params),
+            "policy_since": self._policy_since,
             "epoch": self.epoch,
             "version": self._version,
             "override": self._override_all,
@@ -337,6 +372,12 @@ class PolicyController:
 
     async def override(self, mode: str, replica: Optional[str] = None) -> dict[str, Any]:
         return await self._core.override(mode, replica)
+
+    async def set_policy(self, name: str, params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        return await self._core.set_policy(name, params)
+
+    async def policy_status(self) -> dict[str, Any]:
+        return self._core.policy_status()
 
     async def status(self) -> dict[str, Any]:
         return self._core.status()

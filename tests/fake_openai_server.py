@@ -1,9 +1,11 @@
-"""A small fake of the NestedFP app for load-test development: OpenAI streaming API + /admin/precision.
+"""A small fake of the NestedFP app for load-test development: OpenAI streaming API + /admin/precision
+and /admin/policy.
 
 Replicas are simulated in one process. Each streams tokens with a per-token delay that grows with its
-number of in-flight requests and halves in fp8, and a queue-depth policy flips it to fp8 when in-flight
-requests exceed ``--high`` and back to fp16 once they stay at or below ``--low`` for ``--hold`` seconds.
-POST /admin/precision overrides it as in docs/ARCHITECTURE.md.
+number of in-flight requests and halves in fp8, and a queue-depth policy ("inflight") flips it to fp8
+when in-flight requests exceed ``--high`` and back to fp16 once they stay at or below ``--low`` for
+``--hold`` seconds. POST /admin/precision overrides it and POST /admin/policy swaps it as in
+docs/ARCHITECTURE.md; GET /admin/policy lists every swap under "changes" for tests to check.
 
 Run: ``python tests/fake_openai_server.py --port 0`` prints ``LISTENING <port>`` once it serves.
 """
@@ -24,6 +26,10 @@ from typing import Iterator
 from aiohttp import web
 
 MODEL = "fake-tiny"
+# Policies the fake knows, with the params each accepts. "slo" decides like "inflight" (the fake has
+# no latency signal) but, like the app's, needs a target.
+FAKE_POLICIES = {"inflight": {"high", "low", "hold"}, "static_fp16": set(), "static_fp8": set(),
+                 "slo": {"ttft_s", "tpot_s"}}
 
 
 @dataclass
@@ -44,6 +50,8 @@ class FakeApp:
         self.replicas = [Replica(f"replica-{i}") for i in range(args.replicas)]
         self.switches: list[dict] = []
         self.next = 0
+        self.policy = {"name": "inflight", "params": {"high": args.high, "low": args.low, "hold": args.hold}}
+        self.policy_changes: list[dict] = []
 
     def set_mode(self, r: Replica, mode: str, reason: str) -> None:
         if r.mode == mode:
@@ -54,21 +62,25 @@ class FakeApp:
         r.mode, r.since, r.reason = mode, ev["time"], reason
 
     async def policy_loop(self) -> None:
-        a = self.args
         while True:
             await asyncio.sleep(0.1)
             now = time.time()
+            name = self.policy["name"]
+            p = self.policy["params"] if name == "inflight" else {}
+            high, low, hold = p.get("high", self.args.high), p.get("low", self.args.low), p.get("hold", self.args.hold)
             for r in self.replicas:
                 if r.override:
                     self.set_mode(r, r.override, "override")
                     continue
-                if r.inflight > a.high:
+                if name.startswith("static_"):
+                    self.set_mode(r, name[len("static_"):], f"static {name[len('static_'):]}")
+                elif r.inflight > high:
                     r.calm_since = None
-                    self.set_mode(r, "fp8", f"in-flight {r.inflight} > {a.high}")
-                elif r.inflight <= a.low:
+                    self.set_mode(r, "fp8", f"in-flight {r.inflight} > {high}")
+                elif r.inflight <= low:
                     r.calm_since = r.calm_since or now
-                    if r.mode == "fp8" and now - r.calm_since >= a.hold:
-                        self.set_mode(r, "fp16", f"in-flight <= {a.low} for {a.hold:g}s")
+                    if r.mode == "fp8" and now - r.calm_since >= hold:
+                        self.set_mode(r, "fp16", f"in-flight <= {low} for {hold:g}s")
                 else:
                     r.calm_since = None
 
@@ -120,7 +132,8 @@ class FakeApp:
             return web.json_response({"error": "unauthorized"}, status=401)
         reps = {r.rid: {"mode": r.mode, "since": r.since, "reason": r.reason, "switches": len(r.switches),
                         "override": r.override} for r in self.replicas}  # a count, as the app sends
-        return web.json_response({"replicas": reps, "switches": self.switches})
+        return web.json_response({"policy": self.policy["name"], "policy_params": self.policy["params"],
+                                  "replicas": reps, "switches": self.switches})
 
     async def post_precision(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
@@ -136,6 +149,24 @@ class FakeApp:
                     self.set_mode(r, r.override, "override")
         return await self.get_precision(request)
 
+    async def get_policy(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({**self.policy, "available": sorted(FAKE_POLICIES), "changes": self.policy_changes})
+
+    async def post_policy(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.json()
+        name, params = body.get("name"), body.get("params") or {}
+        if name not in FAKE_POLICIES or set(params) - FAKE_POLICIES[name]:
+            return web.json_response({"error": f"bad policy {name!r} or params {params!r}"}, status=400)
+        if name == "slo" and not params:
+            return web.json_response({"error": "slo needs at least one of ttft_s, tpot_s"}, status=400)
+        self.policy = {"name": name, "params": params}
+        self.policy_changes.append({"time": time.time(), **self.policy})
+        return await self.get_precision(request)
+
 
 def make_app(args: argparse.Namespace) -> web.Application:
     fake = FakeApp(args)
@@ -145,6 +176,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_post("/v1/chat/completions", fake.generate)
     app.router.add_get("/admin/precision", fake.get_precision)
     app.router.add_post("/admin/precision", fake.post_precision)
+    app.router.add_get("/admin/policy", fake.get_policy)
+    app.router.add_post("/admin/policy", fake.post_policy)
 
     async def policy(app: web.Application):
         task = asyncio.create_task(fake.policy_loop())

@@ -22,6 +22,16 @@ def override(host: str, mode: str, replica: str | None = None) -> requests.Respo
     return requests.post(f"{host}/admin/precision", headers=AUTH, json=body, timeout=10)
 
 
+def policy(host: str) -> dict:
+    r = requests.get(f"{host}/admin/policy", headers=AUTH, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def set_policy(host: str, name: str, params: dict | None = None) -> requests.Response:
+    return requests.post(f"{host}/admin/policy", headers=AUTH, json={"name": name, "params": params}, timeout=10)
+
+
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

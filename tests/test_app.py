@@ -12,7 +12,8 @@ from openai import OpenAI
 from ray import serve
 
 from deployments.client_types import CompletionInput
-from tests.live_app_helpers import AUTH, modes, override, status, wait_for
+from tests.conftest import LIVE_APP_CONFIG
+from tests.live_app_helpers import AUTH, modes, override, policy, set_policy, status, wait_for
 
 MODEL = "nestedfp-tiny"
 
@@ -106,6 +107,62 @@ def test_override_can_target_one_replica(host):
     assert override(host, "fp8", replica=a).status_code == 200
     wait_for(lambda: modes(host)[a] == ("fp8", "fp8"), 10, "the targeted replica to apply fp8")
     assert modes(host)[b][0] == "fp16"
+
+
+def test_admin_policy_swap_moves_every_replica_and_the_original_policy_takes_back_over(host):
+    configured = LIVE_APP_CONFIG["policy"]
+    before = policy(host)
+    assert before["name"] == configured["name"] and "static_fp8" in before["available"]
+    assert {k: before["params"][k] for k in configured["params"]} == configured["params"]
+    wait_for(lambda: all(m == ("fp16", "fp16") for m in modes(host).values()), 30, "an idle app in fp16")
+    try:
+        r = set_policy(host, "static_fp8")
+        assert r.status_code == 200 and r.json()["policy"] == "static_fp8", r.text
+        wait_for(lambda: all(m == ("fp8", "fp8") for m in modes(host).values()), 15, "every replica in fp8")
+        assert all(r["reason"] == "static fp8" and r["override"] is None for r in status(host)["replicas"].values())
+        typed = serve.get_app_handle("default").policy.remote().result()
+        assert (typed.name, typed.changes[-1]["from"]["name"]) == ("static_fp8", configured["name"])
+    finally:
+        r = set_policy(host, before["name"], before["params"])  # GET's answer POSTs back as is
+    assert r.status_code == 200, r.text
+    after = policy(host)
+    assert (after["name"], after["params"]) == (before["name"], before["params"])
+    wait_for(lambda: all(m == ("fp16", "fp16") for m in modes(host).values()), 30, "idle replicas back in fp16")
+    assert all("waiting" in r["reason"] for r in status(host)["replicas"].values())
+
+
+def test_admin_policy_requires_the_bearer_token(host):
+    url = f"{host}/admin/policy"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    body = {"name": "static_fp8"}
+    assert requests.post(url, json=body, timeout=10).status_code == 401
+    assert requests.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    assert policy(host)["name"] == LIVE_APP_CONFIG["policy"]["name"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(data="{not json"), "JSON"),
+        (dict(json=["static_fp8"]), "name"),
+        (dict(json={"name": 5}), "name"),
+        (dict(json={"name": "fifo"}), "unknown policy 'fifo'"),
+        (dict(json={"name": "queue_depth", "params": {"hi": 4}}), "unknown params ['hi']"),
+        (dict(json={"name": "queue_depth", "params": {"high": "lots"}}), "param 'high'"),
+        (dict(json={"name": "queue_depth", "params": [4]}), "'params' must be a JSON object"),
+        (dict(json={"name": "slo"}), "at least one of ttft_s, tpot_s"),
+        (dict(json={"name": "slo", "parameters": {"ttft_s": 1}}), "unknown fields ['parameters']"),
+    ],
+    ids=["malformed-json", "not-an-object", "name-not-a-string", "unknown-policy", "unknown-param",
+         "wrong-param-type", "params-not-an-object", "invalid-params", "unknown-field"],
+)
+def test_admin_policy_rejects_bad_input_with_an_openai_style_400(host, kwargs, message):
+    r = requests.post(f"{host}/admin/policy", headers=AUTH, timeout=10, **kwargs)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == 400 and message in err["message"], err
+    assert policy(host)["name"] == LIVE_APP_CONFIG["policy"]["name"]
 
 
 def test_controller_switches_to_fp8_under_a_queue_build_up_and_back_after_it_drains(host):

@@ -15,6 +15,7 @@ import pytest
 from policies.agent import HandleController, PrecisionAgent
 from policies.controller import PrecisionController
 from policies.queue_depth import QueueDepthPolicy
+from policies.registry import build_policy
 from policies.signals import ReplicaStats
 
 
@@ -255,6 +256,111 @@ def test_a_failing_policy_keeps_the_mode_and_the_loop():
     run(main())
 
 
+def test_set_policy_swaps_every_replica_at_once_and_records_why():
+    async def main():
+        ctrl = PrecisionController(build_policy("static_fp16"))
+        for rid in ("r0", "r1"):
+            await ctrl.report(ReplicaStats(replica_id=rid, mode="fp16", timestamp=time.time()))
+        assert ctrl.tick() == []
+        v0 = ctrl.version
+        poll = asyncio.create_task(ctrl.wait_for_change("r1", v0, 10.0))
+        await asyncio.sleep(0.01)
+        st = await ctrl.set_policy("static_fp8", None)
+        assert {rid: (r["mode"], r["reason"]) for rid, r in st["replicas"].items()} == {
+            "r0": ("fp8", "static fp8"), "r1": ("fp8", "static fp8")}
+        assert [(e["replica"], e["from"], e["to"], e["reason"]) for e in st["switches"]] == [
+            ("r0", "fp16", "fp8", "static fp8"), ("r1", "fp16", "fp8", "static fp8")]
+        assert (st["policy"], st["policy_params"], st["version"]) == ("static_fp8", {}, v0 + 1)
+        assert (await asyncio.wait_for(poll, 0.5))["mode"] == "fp8"  # parked long-polls hear it at once
+        ps = ctrl.policy_status()
+        assert (ps["name"], ps["params"], ps["since"]) == ("static_fp8", {}, ps["changes"][0]["time"])
+        assert [(c["from"]["name"], c["to"]["name"]) for c in ps["changes"]] == [("static_fp16", "static_fp8")]
+        assert "slo" in ps["available"] and "queue_depth" in ps["available"]
+
+    run(main())
+
+
+def test_status_reports_every_param_of_the_policy_so_it_can_be_set_back():
+    async def main():
+        ctrl = PrecisionController(build_policy("queue_depth", {"high": 4}))
+        st = ctrl.status()
+        assert st["policy"] == "queue_depth"
+        assert st["policy_params"] == {"high": 4.0, "low": 2.0, "min_dwell_s": 5.0, "window": 4,
+                                       "include_running": False}
+        await ctrl.set_policy("slo", {"tpot_s": 0.05})
+        ps = ctrl.policy_status()
+        assert (ps["name"], ps["params"]["tpot_s"], ps["params"]["ttft_s"]) == ("slo", 0.05, None)
+        await ctrl.set_policy(st["policy"], st["policy_params"])  # GET's answer POSTs back verbatim
+        assert ctrl.policy == QueueDepthPolicy(high=4)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("fifo", None, "unknown policy 'fifo'"),
+        ("queue_depth", {"hi": 4}, "unknown params"),
+        ("queue_depth", {"high": "lots"}, "param 'high'"),
+        ("queue_depth", {"window": 2.5}, "param 'window'"),  # would pass construction and fail every decide
+        ("queue_depth", {"high": 1, "low": 2}, "low < high"),
+        ("slo", {}, "at least one"),
+        ("queue_depth", [("high", 4)], "mapping"),
+    ],
+)
+def test_set_policy_rejects_bad_names_and_params_and_keeps_the_old_policy(name, params, match):
+    async def main():
+        ctrl = PrecisionController(build_policy("static_fp8"))
+        await ctrl.report(ReplicaStats(replica_id="r0", mode="fp16", timestamp=time.time()))
+        ctrl.tick()
+        before = ctrl.status()
+        with pytest.raises(ValueError, match=match):
+            await ctrl.set_policy(name, params)
+        assert ctrl.status() == before and ctrl.policy_status()["changes"] == []
+        await ctrl.report(ReplicaStats(replica_id="r0", mode="fp8", num_waiting=50, timestamp=time.time()))
+        ctrl.tick()
+        assert ctrl.status()["replicas"]["r0"]["reason"] == "static fp8"  # the old policy still decides
+
+    run(main())
+
+
+def test_a_new_policy_respects_the_dwell_of_a_switch_the_old_one_made():
+    async def main():
+        now = [1000.0]
+        ctrl = PrecisionController(build_policy("static_fp8"), clock=lambda: now[0])
+        idle = ReplicaStats(replica_id="r0", mode="fp16", timestamp=1000.0)
+        await ctrl.report(idle)
+        assert [e["to"] for e in ctrl.tick()] == ["fp8"]
+        now[0] += 1
+        st = await ctrl.set_policy("queue_depth", {"min_dwell_s": 5, "window": 1})
+        assert st["replicas"]["r0"]["mode"] == "fp8"  # idle wants fp16, but fp8 has held only 1 s of 5
+        now[0] += 5
+        await ctrl.report(idle.model_copy(update={"mode": "fp8", "timestamp": now[0]}))
+        assert [(e["to"], e["reason"]) for e in ctrl.tick()] == [("fp16", "waiting 0 <= 2")]
+
+    run(main())
+
+
+def test_swapping_policies_mid_run_keeps_the_loop_and_the_agents_going():
+    async def main():
+        async with Cluster(3) as c:
+            c.replicas[0].waiting = 20
+            specs = [("slo", {"ttft_s": 0.5}), ("token_budget", {"min_dwell_s": 0}), ("static_fp8", None),
+                     ("queue_depth", {"min_dwell_s": 0, "window": 1}), ("static_fp16", None)]
+            for i in range(15):
+                await c.ctrl.set_policy(*specs[i % len(specs)])
+                await asyncio.sleep(0.03)
+            assert not c.ticker.done()
+            await c.ctrl.set_policy("static_fp8")
+            await until(lambda: all(r.mode == "fp8" for r in c.replicas), what="every agent in fp8")
+            await c.ctrl.set_policy("queue_depth", {"high": 8, "low": 2, "min_dwell_s": 0, "window": 1})
+            await until(lambda: [r.mode for r in c.replicas] == ["fp8", "fp16", "fp16"],
+                        what="the idle replicas back in fp16 under queue_depth, the busy one kept in fp8")
+            assert not c.ticker.done()
+
+    run(main())
+
+
 def test_agent_falls_back_to_fp16_when_the_controller_stops_answering():
     async def main():
         async with Cluster(2, lease_s=0.5, call_timeout_s=0.1) as c:
@@ -349,6 +455,13 @@ def test_policy_controller_deployment_round_trip_on_ray_serve():
             await client.override("fp8", "r1")
             assert (await asyncio.wait_for(change, 5.0))["mode"] == "fp8"
             assert 'nestedfp_precision_mode{replica="r1"} 1.0' in await client.metrics_text()
+            await client.override("auto")
+            st = await client.set_policy("static_fp16", None)  # r0's queue is still long
+            assert st["policy"] == "static_fp16"
+            await until(lambda: r0.mode == "fp16", timeout_s=10.0, what="r0 in fp16 under the new policy")
+            assert (await client.policy_status())["name"] == "static_fp16"
+            with pytest.raises(ValueError, match="unknown policy"):
+                await client.set_policy("fifo", None)
             await a0.stop()
 
         run(main())

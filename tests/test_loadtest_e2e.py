@@ -129,6 +129,39 @@ def test_compare_runs_each_policy_and_leaves_the_app_adaptive(tmp_path: Path) ->
         assert (out / policy / "report.json").exists() and (out / policy / "timeline.png").exists()
 
 
+def test_compare_runs_named_adaptive_policies_and_restores_the_one_before(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running_fake_server("--admin-token", TOKEN) as url:
+        before = requests.get(f"{url}/admin/policy", headers=auth).json()
+        rc = main(["compare", "--host", url, "--report", str(out), "--shape", "spike", "--duration", "4",
+                   "--base-rate", "3", "--spike-rate", "25", "--prompt-tokens", "16", "--output-tokens", "12",
+                   "--slo-ttft", "0.5", "--slo-tpot", "0.05", "--admin-token", TOKEN, "--drain-timeout", "10",
+                   "--settle", "0.5", "--policies", "auto:static_fp8,auto:slo,auto",
+                   "--policy-params", 'static_fp8={}', "--fail-on-error"])
+        after = requests.get(f"{url}/admin/policy", headers=auth).json()
+        final = requests.get(f"{url}/admin/precision", headers=auth).json()
+    assert rc == 0
+    result = json.loads((out / "compare.json").read_text())
+    rows = {r["policy"]: r for r in result["rows"]}
+    assert {p: r["label"] for p, r in rows.items()} == {
+        "auto:static_fp8": "adaptive (static_fp8)", "auto:slo": "adaptive (slo)", "auto": "adaptive (inflight)"}
+    assert rows["auto:static_fp8"]["fp16_token_share"] == 0.0 and rows["auto:static_fp8"]["switches"] == 0
+    assert rows["auto:slo"]["policy_params"] == {"ttft_s": 0.5, "tpot_s": 0.05}  # from --slo-ttft/--slo-tpot
+    assert rows["auto"]["policy_params"] == before["params"]
+    assert 0.0 < rows["auto"]["fp16_token_share"]
+    # slo, then the policy from before for the plain "auto" run, and once more at the end.
+    assert [c["name"] for c in after["changes"]] == ["static_fp8", "slo", "inflight", "inflight"]
+    assert (after["name"], after["params"]) == (before["name"], before["params"]) == tuple(
+        result["policy_before"].values())
+    assert all(info["override"] is None for info in final["replicas"].values())
+    for key in ("auto-static_fp8", "auto-slo", "auto"):
+        assert (out / key / "report.json").exists() and (out / key / "timeline.png").exists()
+        assert json.loads((out / key / "report.json").read_text())["run"]["label"].startswith("adaptive (")
+    md = (out / "compare.md").read_text()
+    assert all(f"| adaptive ({n}) |" in md for n in ("static_fp8", "slo", "inflight"))
+
+
 class _Stall(BaseHTTPRequestHandler):
     """Accepts every completion and never streams a token; no admin endpoint."""
 

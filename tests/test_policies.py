@@ -11,6 +11,7 @@ import pytest
 
 from policies import POLICIES, Decision, ReplicaStats, build_policy
 from policies.base import Policy
+from policies.registry import policy_params
 from policies.queue_depth import QueueDepthPolicy
 from policies.slo import SLOPolicy
 from policies.static import StaticPolicy
@@ -188,3 +189,26 @@ def test_build_policy_names_params_and_errors():
         build_policy("slo", {"ttft_s": 1, "headroom_up": 0.5, "headroom_down": 0.6})
     with pytest.raises(ValueError, match="threshold"):
         build_policy("token_budget", {"threshold": 0})
+
+
+def test_build_policy_checks_param_types_so_decide_cannot_fail_later():
+    assert build_policy("queue_depth", {"high": "8", "window": 3.0}) == QueueDepthPolicy(high=8.0, window=3)
+    assert isinstance(build_policy("queue_depth", {"window": 3.0}).window, int)
+    for params, match in [({"high": "lots"}, "param 'high'"), ({"window": 2.5}, "param 'window'"),
+                          ({"include_running": [1]}, "param 'include_running'")]:
+        with pytest.raises(ValueError, match=match):
+            build_policy("queue_depth", params)
+    with pytest.raises(ValueError, match="param 'ttft_s'"):
+        build_policy("slo", {"ttft_s": {"p90": 1}})
+    with pytest.raises(ValueError, match="mapping"):
+        build_policy("queue_depth", ["high"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown policy"):
+        build_policy(["slo"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policy_params_rebuild_the_same_policy(name):
+    p = build_policy(name, {"ttft_s": 1.0} if name == "slo" else {})
+    params = policy_params(p)
+    assert build_policy(p.name, params) == p
+    assert (params == {}) == name.startswith("static_")
