@@ -26,21 +26,30 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 class EngineStatsWindow:
-    """The last ``WINDOW_S`` seconds of engine steps: (time, running, waiting, kv, tokens, ttfts, itls)."""
+    """The last ``WINDOW_S`` seconds of engine steps.
+
+    Two TPOT signals, because they answer different questions: ``tpot_p*`` are percentiles of the
+    per-token inter-token latencies (every step's, so they react within a step but their tail is the
+    steps that carry prefill chunks); ``req_tpot_p*`` are percentiles of finished requests' mean time
+    per output token, the quantity a per-request TPOT SLO is written on (they lag by a request's
+    lifetime).
+    """
 
     def __init__(self, window_s: float = WINDOW_S) -> None:
         self.window_s = window_s
         self.max_num_batched_tokens = 0  # the step budget, set by the stat logger from vLLM's config
-        self._steps: deque[tuple[float, int, int, float, int, list[float], list[float]]] = deque()
+        self._steps: deque[tuple[float, int, int, float, int, list[float], list[float], list[float]]] = deque()
         self._latest = (0, 0, 0.0)
         self._lock = threading.Lock()
 
-    def record(self, running: int, waiting: int, kv: float, tokens: int, ttfts: list[float], itls: list[float]) -> None:
-        """One engine step: queue state, tokens scheduled, and the step's TTFT / inter-token samples."""
+    def record(self, running: int, waiting: int, kv: float, tokens: int, ttfts: list[float], itls: list[float],
+               req_tpots: list[float] = ()) -> None:
+        """One engine step: queue state, tokens scheduled, the step's TTFT / inter-token samples and the
+        mean TPOT of each request that finished in it."""
         now = time.monotonic()
         with self._lock:
             self._latest = (running, waiting, kv)
-            self._steps.append((now, running, waiting, kv, tokens, list(ttfts), list(itls)))
+            self._steps.append((now, running, waiting, kv, tokens, list(ttfts), list(itls), list(req_tpots)))
             while self._steps and self._steps[0][0] < now - self.window_s:
                 self._steps.popleft()
 
@@ -57,6 +66,7 @@ class EngineStatsWindow:
             running, waiting, kv = self._latest
         ttfts = [t for s in steps for t in s[5]]
         itls = [t for s in steps for t in s[6]]
+        req_tpots = [t for s in steps for t in s[7]]
         tokens = sum(s[4] for s in steps)
         busy_steps = [s[4] for s in steps if s[4] > 0]
         span = min(self.window_s, now - steps[0][0]) if steps else 0.0
@@ -68,12 +78,23 @@ class EngineStatsWindow:
             "ttft_p90": _percentile(ttfts, 0.9),
             "tpot_p50": _percentile(itls, 0.5),
             "tpot_p90": _percentile(itls, 0.9),
+            "req_tpot_p50": _percentile(req_tpots, 0.5),
+            "req_tpot_p90": _percentile(req_tpots, 0.9),
             "tokens_per_s": tokens / span if span > 0 else 0.0,
             "scheduled_tokens_per_step": sum(busy_steps) / len(busy_steps) if busy_steps else 0.0,
         }
 
 
 WINDOW = EngineStatsWindow()
+
+
+def request_tpot(finished: Any) -> float | None:
+    """A finished request's mean time per output token after the first; None with under two tokens."""
+    n = finished.num_generation_tokens
+    if n < 2:
+        return None
+    mean = getattr(finished, "mean_time_per_output_token", 0.0)
+    return mean if mean > 0 else finished.decode_time / (n - 1)
 
 
 class PolicySignalsStatLogger(StatLoggerBase):
@@ -91,12 +112,14 @@ class PolicySignalsStatLogger(StatLoggerBase):
             )
         else:
             running, waiting, kv = WINDOW.latest()
-        tokens, ttfts, itls = 0, [], []
+        tokens, ttfts, itls, req_tpots = 0, [], [], []
         if iteration_stats is not None:
             tokens = iteration_stats.num_generation_tokens + iteration_stats.num_prompt_tokens
             ttfts = iteration_stats.time_to_first_tokens_iter
             itls = iteration_stats.inter_token_latencies_iter
-        WINDOW.record(running, waiting, kv, tokens, ttfts, itls)
+            req_tpots = [request_tpot(r) for r in getattr(iteration_stats, "finished_requests", ())]
+            req_tpots = [t for t in req_tpots if t is not None]
+        WINDOW.record(running, waiting, kv, tokens, ttfts, itls, req_tpots)
 
     def log_engine_initialized(self) -> None:
         pass

@@ -33,6 +33,8 @@ class ReplicaStats(BaseModel):
     ttft_p90: Optional[float] = None
     tpot_p50: Optional[float] = None
     tpot_p90: Optional[float] = None
+    req_tpot_p50: Optional[float] = None  # finished requests' mean TPOT (engine_stats.py says why two)
+    req_tpot_p90: Optional[float] = None
     tokens_per_s: float = Field(0.0, ge=0.0)
     scheduled_tokens_per_step: float = Field(0.0, ge=0.0)
     max_num_batched_tokens: int = Field(0, ge=0)

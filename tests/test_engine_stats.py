@@ -39,3 +39,27 @@ def test_stat_logger_feeds_the_process_window_from_vllm_step_stats(monkeypatch):
     assert (s["num_running"], s["num_waiting"]) == (7, 5)
     assert s["scheduled_tokens_per_step"] == 107 and s["tpot_p90"] == 0.02 and s["ttft_p50"] == 0.3
     assert window.max_num_batched_tokens == 2048
+
+
+def test_request_tpot_comes_from_finished_requests_not_from_step_latencies(monkeypatch):
+    window = EngineStatsWindow(window_s=60)
+    monkeypatch.setattr(engine_stats, "WINDOW", window)
+    logger = PolicySignalsStatLogger(SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=2048)))
+    done = [
+        SimpleNamespace(num_generation_tokens=65, mean_time_per_output_token=0.012, decode_time=0.768),
+        SimpleNamespace(num_generation_tokens=11, mean_time_per_output_token=0.0, decode_time=0.2),  # mean unset
+        SimpleNamespace(num_generation_tokens=1, mean_time_per_output_token=0.0, decode_time=0.0),  # no TPOT
+    ]
+    # One slow prefill-carrying step dominates the per-token tail but not the per-request means.
+    it = SimpleNamespace(num_generation_tokens=3, num_prompt_tokens=2048, time_to_first_tokens_iter=[],
+                         inter_token_latencies_iter=[0.08, 0.08, 0.08], finished_requests=done)
+    logger.record(None, it)
+    s = window.snapshot()
+    assert s["tpot_p90"] == 0.08
+    assert s["req_tpot_p50"] in (0.012, 0.02) and s["req_tpot_p90"] == 0.02
+
+
+def test_request_tpot_needs_two_output_tokens():
+    assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=1, decode_time=0.0)) is None
+    assert engine_stats.request_tpot(
+        SimpleNamespace(num_generation_tokens=5, mean_time_per_output_token=0.0, decode_time=0.4)) == 0.1

@@ -123,6 +123,22 @@ def test_slo_uses_the_tighter_target():
     assert d.mode == "fp8" and "tpot_p90" in d.reason
 
 
+def test_slo_request_signal_reads_per_request_tpot_not_the_step_tail():
+    # Long prompts: prefill-carrying steps put the per-token p90 near the target while requests'
+    # mean TPOT (what the SLO measures) has room; "step" goes fp8, "request" stays fp16.
+    s = stats(num_running=64, tpot_p90=0.047, req_tpot_p90=0.02)
+    assert SLOPolicy(tpot_s=0.05, predict_s=0).decide([s], "fp16", math.inf).mode == "fp8"
+    d = SLOPolicy(tpot_s=0.05, predict_s=0, tpot_signal="request").decide([s], "fp16", math.inf)
+    assert d.mode == "fp16" and "req_tpot_p90" in d.reason
+    back = SLOPolicy(tpot_s=0.05, predict_s=0, tpot_signal="request").decide([s], "fp8", math.inf)
+    assert back.mode == "fp16"  # 0.4 of target: headroom to return
+
+
+def test_slo_rejects_an_unknown_tpot_signal():
+    with pytest.raises(ValueError, match="tpot_signal"):
+        build_policy("slo", {"tpot_s": 0.05, "tpot_signal": "median"})
+
+
 def test_slo_needs_headroom_to_return_and_respects_dwell():
     hot = stats(num_running=32, ttft_p90=0.7)  # 0.7 of target: below up (0.9), above down (0.5)
     cool = stats(num_running=32, ttft_p90=0.4)
