@@ -114,19 +114,25 @@ class PrecisionIngress(OpenAiIngress):
             return openai_error(403, "invalid admin token", "permission_error")
         return None
 
-    async def get_precision(self, request: Request) -> Response:
-        if (denied := self._auth(request)) is not None:
-            return denied
-        return JSONResponse(await self._controller.status.remote())
-
-    async def set_precision(self, request: Request) -> Response:
+    async def _admin_body(self, request: Request) -> dict[str, Any] | JSONResponse:
+        """An authorized admin call's JSON object, or the 401/403/400 response to send instead."""
         if (denied := self._auth(request)) is not None:
             return denied
         try:
             body = json.loads(await request.body())
         except ValueError:
             return openai_error(400, "body must be JSON")
-        if not isinstance(body, dict) or body.get("mode") not in OVERRIDE_MODES:
+        return body if isinstance(body, dict) else openai_error(400, "body must be a JSON object")
+
+    async def get_precision(self, request: Request) -> Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        return JSONResponse(await self._controller.status.remote())
+
+    async def set_precision(self, request: Request) -> Response:
+        if isinstance(body := await self._admin_body(request), JSONResponse):
+            return body
+        if body.get("mode") not in OVERRIDE_MODES:
             return openai_error(400, f"'mode' must be one of {list(OVERRIDE_MODES)}")
         replica = body.get("replica")
         if replica is not None:
@@ -142,13 +148,9 @@ class PrecisionIngress(OpenAiIngress):
 
     async def set_policy(self, request: Request) -> Response:
         """Swap the adaptive policy; answers with the GET /admin/precision body after the swap."""
-        if (denied := self._auth(request)) is not None:
-            return denied
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return openai_error(400, "body must be JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        if isinstance(body := await self._admin_body(request), JSONResponse):
+            return body
+        if not isinstance(body.get("name"), str):
             return openai_error(400, "body must be {\"name\": policy name, \"params\": optional object}")
         if extra := sorted(set(body) - {"name", "params"}):
             return openai_error(400, f"unknown fields {extra}; expected 'name' and optional 'params'")

@@ -145,7 +145,7 @@ def test_admin_policy_requires_the_bearer_token(host):
     "kwargs, message",
     [
         (dict(data="{not json"), "JSON"),
-        (dict(json=["static_fp8"]), "name"),
+        (dict(json=["static_fp8"]), "body must be a JSON object"),
         (dict(json={"name": 5}), "name"),
         (dict(json={"name": "fifo"}), "unknown policy 'fifo'"),
         (dict(json={"name": "queue_depth", "params": {"hi": 4}}), "unknown params ['hi']"),
