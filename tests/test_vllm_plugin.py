@@ -186,3 +186,20 @@ def test_unknown_precision_is_rejected(nested):
     with pytest.raises(Exception, match="mode must be one of"):
         nested.rpc("set_precision", "int4")
     assert nested.rpc("get_precision") == ["fp16"]
+
+
+def test_policy_signals_record_real_engine_steps_and_finished_requests(nested):
+    # The stat-logger plugin (entry point) runs in this process: the window the replica reports from
+    # gets per-token latencies and, from finished requests, their mean TPOT.
+    import time
+
+    from deployments import engine_stats
+
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    t0 = time.perf_counter()
+    nested.generate(PROMPTS, params)
+    wall = time.perf_counter() - t0
+    s = engine_stats.WINDOW.snapshot()
+    assert s["ttft_p90"] is not None and s["tpot_p90"] is not None
+    assert s["req_tpot_p50"] is not None and 0 < s["req_tpot_p50"] <= s["req_tpot_p90"]
+    assert s["req_tpot_p90"] * (params.max_tokens - 1) <= wall  # a mean over 15 gaps fits in the run
