@@ -188,13 +188,15 @@ def test_unknown_precision_is_rejected(nested):
     assert nested.rpc("get_precision") == ["fp16"]
 
 
-def test_policy_signals_record_real_engine_steps_and_finished_requests(nested):
+def test_policy_signals_record_real_engine_steps_and_finished_requests(nested, monkeypatch):
     # The stat-logger plugin (entry point) runs in this process: the window the replica reports from
-    # gets per-token latencies and, from finished requests, their mean TPOT.
+    # gets per-token latencies and, from finished requests, their mean TPOT. A fresh window, so only
+    # this test's requests are in it.
     import time
 
     from deployments import engine_stats
 
+    monkeypatch.setattr(engine_stats, "WINDOW", engine_stats.EngineStatsWindow(window_s=600))
     params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
     nested.generate(PROMPTS, params)
