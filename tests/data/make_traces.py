@@ -54,26 +54,25 @@ def burst() -> list[dict]:
     return out
 
 
-def oscillating() -> list[dict]:
-    """20 s of a queue swinging 3 <-> 7 every sample: inside any sane hysteresis band."""
-    rng = random.Random(1)
+def queue_pattern(seed: int, waiting_at) -> list[dict]:
+    """20 s at 32 running requests with the queue length ``waiting_at(i)`` at sample i."""
+    rng = random.Random(seed)
     out = []
     for i in range(100):
         s = sample(i, 0, 32, rng)
-        s["num_waiting"] = 3 if i % 2 == 0 else 7
+        s["num_waiting"] = waiting_at(i)
         out.append(s)
     return out
+
+
+def oscillating() -> list[dict]:
+    """20 s of a queue swinging 3 <-> 7 every sample: inside any sane hysteresis band."""
+    return queue_pattern(1, lambda i: 3 if i % 2 == 0 else 7)
 
 
 def spiky() -> list[dict]:
     """20 s of a queue jumping 0 <-> 12 every second: across the whole band, over and over."""
-    rng = random.Random(2)
-    out = []
-    for i in range(100):
-        s = sample(i, 0, 32, rng)
-        s["num_waiting"] = 12 if (i // 5) % 2 else 0
-        out.append(s)
-    return out
+    return queue_pattern(2, lambda i: 12 if (i // 5) % 2 else 0)
 
 
 if __name__ == "__main__":
