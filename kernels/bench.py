@@ -174,6 +174,16 @@ def large_m_threshold(t: int):
 DEVICE_PATH_ONLY = 1 << 62
 
 
+@contextlib.contextmanager
+def gluon_off():
+    """Run the op with the Triton FP16 kernel where it would take the Gluon one."""
+    old, triton_dispatch.USE_GLUON = triton_dispatch.USE_GLUON, False
+    try:
+        yield
+    finally:
+        triton_dispatch.USE_GLUON = old
+
+
 def graphed(fn):
     """The same work captured in a CUDA graph (how vLLM runs decode): times without host overhead."""
     fn()
@@ -212,6 +222,12 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
                     lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0)))
                 r["graph_nested_fp8_us"] = bench(graphed(
                     lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0)))
+                r["gluon_fp16"] = triton_dispatch.use_gluon(x, nw.upper, nw.lower)
+                if r["gluon_fp16"]:  # the same op on the Triton FP16 kernel, for the comparison
+                    with gluon_off():
+                        for md in ("fp16", "fp8"):
+                            r[f"graph_nested_{md}_triton_us"] = bench(graphed(
+                                lambda md=md: nested_linear_cuda(x, nw.upper, nw.lower, modes[md], 0)))
             r["cfg_fp16"] = get_config("fp16", n, k, m).to_dict()
             if m >= 1024 and not r["cfg_fp16"]["swap_ab"] and k % r["cfg_fp16"]["block_k"] == 0:
                 # Where the fused kernel's time goes at large M: the same loop without the merge.
@@ -431,6 +447,13 @@ def summarize(rows: list[dict]) -> dict:
     if g:  # supplementary: the same ops under CUDA graphs (no host launch overhead in either)
         s["graph_fp16_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp16_us"] for r in g)
         s["graph_fp8_geomean_m_le_64"] = geomean(r["graph_cublas_fp16_us"] / r["graph_nested_fp8_us"] for r in g)
+    for m in sorted({r["m"] for r in rows if "graph_nested_fp16_us" in r}):
+        at = [r for r in rows if r["m"] == m and "graph_nested_fp16_us" in r]
+        for md in ("fp16", "fp8"):
+            s[f"graph_{md}_geomean_m{m}"] = geomean(r["graph_cublas_fp16_us"] / r[f"graph_nested_{md}_us"] for r in at)
+            if all(f"graph_nested_{md}_triton_us" in r for r in at):
+                s[f"graph_{md}_triton_geomean_m{m}"] = geomean(
+                    r["graph_cublas_fp16_us"] / r[f"graph_nested_{md}_triton_us"] for r in at)
     s["fp16_geomean_m_ge_1024"] = geomean(r["ratio_fp16"] for r in large)
     for m in sorted({r["m"] for r in rows}):
         at = [r for r in rows if r["m"] == m]
@@ -490,7 +513,8 @@ def main() -> None:
         ms = tuple(int(v) for v in args.ms.split(","))
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command="python -m kernels.bench "
-                  + " ".join(sys.argv[1:]), large_m_threshold=triton_dispatch.LARGE_M_THRESHOLD)
+                  + " ".join(sys.argv[1:]), large_m_threshold=triton_dispatch.LARGE_M_THRESHOLD,
+                  gluon_min_m=triton_dispatch.GLUON_MIN_M, use_gluon=triton_dispatch.USE_GLUON)
     if not args.skip_extras:
         result["ragged_checks"] = checks = ragged_checks()
         result["checks_passed"] = all(c.get("act_quant_code_mismatches", 0) == 0

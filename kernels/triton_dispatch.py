@@ -9,6 +9,11 @@ No host ever reads the mode (no ``.item()``, no sync), so a CUDA graph captured 
 modes, and flipping the tensor takes effect at the next replay. The price is one empty launch
 per linear in FP16 mode, measured by ``python -m kernels.bench``.
 
+From M = ``GLUON_MIN_M`` up, on Hopper with Gluon, the FP16 launch is the Gluon kernel of
+``kernels.gluon_fp16`` (register-fed wgmma) wherever the H200 table measured it faster than the
+Triton kernel (docs/BENCHMARKS.md, "Kernels v3"); in FP8 mode it quantizes x for the FP8 GEMM,
+as the Triton kernel does. ``NESTEDFP_GLUON=0`` turns it off.
+
 Large M, eager only: when the call is not being captured into a CUDA graph and M >=
 ``LARGE_M_THRESHOLD``, the mode comes from the host mirror (``kernels.mode_state.host_mode``, kept by
 ``set_host_mode`` / vLLM's ``precision.set_mode``) and one path runs: FP16 = a merge pass into an
@@ -24,13 +29,25 @@ import torch
 import torch.nn.functional as F
 import triton
 
+import os
+
+from kernels import gluon_fp16
 from kernels.mode_state import host_mode
 from kernels.triton_fp8 import nested_fp8_gemm
 from kernels.triton_fp16 import _check_operands, nested_fp16_gemm
 from kernels.triton_merge import merge_weight
-from kernels.tuning import get_config
+from kernels.tuning import get_config, gluon_tile
 
 LARGE_M_THRESHOLD = 1024  # eager calls with M >= this pick the path on the host (module docstring)
+GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M <= 16 it lost on 3 of 8 shapes)
+USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
+
+
+def use_gluon(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> bool:
+    """Whether the FP16 launch is the Gluon kernel (module docstring)."""
+    m, k = x2d.shape
+    return (USE_GLUON and m >= GLUON_MIN_M and x2d.is_cuda and gluon_tile(upper.shape[0], k, m) is not None
+            and gluon_fp16.available(x2d.device.index or 0) and gluon_fp16.tma_ok(x2d, upper, lower))
 
 
 def nested_linear_cuda(
@@ -63,6 +80,14 @@ def nested_linear_cuda(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if name == "fp8":
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m), True, None)
+    elif m and use_gluon(x2d, upper, lower):
+        tile, cfg8 = gluon_tile(n, k, m), get_config("fp8", n, k, m)
+        quant = None
+        if not cfg8.fused_quant and 2 * triton.cdiv(n, tile[0]) * triton.cdiv(m, tile[1]) >= m:  # as below
+            quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device),
+                     torch.empty((m,), dtype=torch.float32, device=x.device))
+        gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
     elif m:
         cfg16, cfg8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
         quant = None

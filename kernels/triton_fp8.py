@@ -65,10 +65,11 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
         return
     ck = kernel[(grid,)](*args, **consts, num_warps=num_warps, num_stages=num_stages)
     names = getattr(kernel, "arg_names", None)
-    if all(hasattr(ck, a) for a in ("run", "function", "packed_metadata")) and names and args[0].is_cuda:
+    first = getattr(args[0], "base", args[0])  # a Gluon kernel's first argument is a TMA descriptor
+    if all(hasattr(ck, a) for a in ("run", "function", "packed_metadata")) and names and first.is_cuda:
         # Our kernels declare every run-time argument before the constexprs, as the launcher takes them.
         assert sorted(consts) == sorted(names[len(args):])
-        _LAUNCHERS[key] = (ck, args[0].device.index, tuple(consts[n] for n in names[len(args):]))
+        _LAUNCHERS[key] = (ck, first.device.index, tuple(consts[n] for n in names[len(args):]))
 
 
 @triton.jit

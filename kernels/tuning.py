@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 TABLE_PATH = Path(__file__).with_name("tile_configs_h200.json")
+GLUON_TABLE_PATH = Path(__file__).with_name("gluon_tiles_h200.json")
 M_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 KINDS = ("fp16", "fp8")
 
@@ -90,6 +92,68 @@ def get_config(kind: str, n: int, k: int, m: int) -> TileConfig:
     if m <= 64 and cfg.block_m > token_block(m):  # never a token tile wider than M needs
         cfg = replace(cfg, block_m=token_block(m))
     return cfg
+
+
+GluonTile = tuple[int, int, int, int]  # block_w (weight rows), block_t (tokens), block_k, stages
+
+
+def gluon_heuristic_tile(m: int) -> GluonTile:
+    """For shapes the Gluon table lacks: the most frequent winner per M in the H200 sweep."""
+    if m <= 16:
+        return (64, 16, 128, 5)
+    if m <= 64:
+        return (64, 64, 128, 5)
+    if m <= 128:
+        return (64, 128, 128, 4)
+    if m <= 256:
+        return (64, 256, 64, 5)
+    if m <= 512:
+        return (128, 256, 64, 4)
+    return (128, 256, 64, 3)
+
+
+@functools.lru_cache(maxsize=1)
+def _gluon_table() -> dict:
+    try:
+        return json.loads(GLUON_TABLE_PATH.read_text())["tiles"]
+    except FileNotFoundError:
+        return {}
+
+
+@functools.lru_cache(maxsize=4096)
+def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
+    """The Gluon NestedFP16 tile for (N, K): the entry of the smallest measured M >= m (else the
+    largest), or the heuristic. None where the table measured the Triton kernel faster. Token
+    tiles never wider than M needs (16 at least)."""
+    entries = _gluon_table().get(f"{n}x{k}")
+    if not entries:
+        tile = gluon_heuristic_tile(m)
+    else:
+        measured = sorted(int(v) for v in entries)
+        entry = entries[str(next((v for v in measured if v >= m), measured[-1]))]
+        if entry is None:
+            return None
+        tile = tuple(entry)
+    cap = max(16, 1 << (max(m, 1) - 1).bit_length())
+    return tile if tile[1] <= cap else (tile[0], cap, tile[2], tile[3])
+
+
+def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) -> dict:
+    """The fastest checked tile per (N, K, M) from ``python -m kernels.gluon_check``'s JSON, or
+    null where the shipped op on the Triton FP16 kernel was faster in the same run."""
+    res = json.loads(Path(check_json).read_text())
+    tiles: dict = {}
+    for r in res["rows"]:
+        if "best_cfg" in r:
+            win = r["best_us"] < r["shipped_us"]
+            tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
+    table = dict(source=Path(check_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
+                 triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-table CHECK_JSON",
+                 tiles=tiles)
+    text = re.sub(r"\[\s*([\d,\s]+?)\s*\]", lambda mt: "[" + ", ".join(mt.group(1).split()).replace(",,", ",") + "]",
+                  json.dumps(table, indent=1))
+    Path(out_path).write_text(text + "\n")
+    return table
 
 
 def candidates(kind: str, m: int) -> list[TileConfig]:
@@ -216,6 +280,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(TABLE_PATH))
     ap.add_argument("--shapes", default=",".join(LLAMA_SHAPES), help="comma-separated names from LLAMA_SHAPES")
     ap.add_argument("--ms", default=",".join(map(str, SWEEP_MS)))
+    ap.add_argument("--gluon-table", default=None, metavar="CHECK_JSON",
+                    help="write gluon_tiles_h200.json from a kernels.gluon_check result")
     args = ap.parse_args()
+    if args.gluon_table:
+        write_gluon_table(args.gluon_table)
     if args.sweep:
         sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))))

@@ -1,0 +1,303 @@
+"""NestedFP16 GEMM for Hopper in Gluon: the merged weight feeds wgmma from registers (swap AB).
+
+``y = x @ (merge(upper, lower) * 2**scale_exp).T + bias``, computed as ``y.T = W @ x.T``: the
+weight takes wgmma's M slot as the register operand A, the tokens its N slot from shared memory.
+Why this shape: a first Gluon design merged in a separate warpgroup into a shared-memory tile that
+wgmma read back, so every weight crossed shared memory three times, and it topped out near 0.55 of
+cuBLAS (docs/BENCHMARKS.md, "Kernels v3"). Here the bytes cross once:
+the consumer warpgroups read the two byte planes from shared memory straight into the A operand's
+register layout, merge in registers (the PTX of ``triton_fp16._MERGE_ASM``; the merge is
+elementwise, so it does not care which weights a thread holds) and issue wgmma on them. One MMA
+stays in flight: step i's loads and merge overlap step i-1's MMA.
+
+Partitions (``gl.warp_specialize``): a 1-warp TMA worker fills a STAGES-deep ring with the x tile
+[BLOCK_T, BLOCK_K] and the two byte tiles [BLOCK_W, BLOCK_K]; the default partition (4 or 8 warps
+= one or two consumer warpgroups, 64 weight rows each) merges, multiplies, and releases a slot
+when the MMA that read its x tile has retired. The token tile BLOCK_T can be as thin as 16, so
+decode batches do not waste a 64-row MMA.
+
+Mode: the kernel reads the one-element int32 ``mode`` on the device, before the partitions
+fork, and exits unless it is 0 (FP16), like the other NestedFP16 kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used here is 3.6.0's.
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # The merge PTX (a tl.constexpr = gl.constexpr): 4 upper + 4 lower bytes in, 4 fp16 weights out.
+    from kernels.triton_fp16 import _MERGE_ASM
+    from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE
+
+    _IMPORT_ERROR: Exception | None = None
+except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", reported when called
+    triton = gluon = gl = _MERGE_ASM = FP8_MAX = FP8_MAX_RCP = MIN_ACT_SCALE = None
+    fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = TensorDescriptor = None
+    _IMPORT_ERROR = e
+
+SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
+
+
+class GluonUnavailable(RuntimeError):
+    """This Triton has no (compatible) Gluon, or the device is not an sm_90 GPU."""
+
+
+def _jit(fn=None, **kw):
+    """``gluon.jit`` when Gluon imported; else the plain function (never called then)."""
+    if gluon is None:
+        return fn if fn is not None else (lambda f: f)
+    return gluon.jit(fn, **kw) if fn is not None else gluon.jit(**kw)
+
+
+_const = gl.constexpr if gl is not None else (lambda v: v)  # globals a Gluon kernel may read
+_LOAD_WARPS = _const([1])  # the TMA worker
+_LOAD_REGS = _const([24])  # setmaxnreg minimum; it holds a few scalars
+
+
+@_jit
+def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
+                    STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
+    """TMA producer: fills slot i % STAGES once the MMA that read its previous contents retired."""
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + u_desc.block_type.nbytes + l_desc.block_type.nbytes
+    for i in range(k_tiles):
+        s = i % STAGES
+        # A fresh mbarrier counts as having completed the phase of parity 1: the first pass over
+        # the ring does not block.
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+        bar = ready.index(s)
+        mbarrier.expect(bar, nbytes)
+        k = i * BLOCK_K
+        tma.async_copy_global_to_shared(x_desc, [off_t, k], bar, x_bufs.index(s))
+        tma.async_copy_global_to_shared(u_desc, [off_w, k], bar, u_bufs.index(s))
+        tma.async_copy_global_to_shared(l_desc, [off_w, k], bar, l_bufs.index(s))
+
+
+@_jit
+def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr, a_layout: gl.constexpr):
+    """One K step: planes -> registers -> merged A operand; issue its MMA, retire the previous one."""
+    s = i % STAGES
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    u = u_bufs.index(s).load(a_layout)
+    lo = l_bufs.index(s).load(a_layout)
+    w = gl.inline_asm_elementwise(_MERGE_ASM, "=r,=r,r,r", [u, lo], dtype=gl.float16, is_pure=True, pack=4)
+    acc = warpgroup_mma(w.to(x_bufs.dtype), x_bufs.index(s).permute((1, 0)), acc, use_acc=i > 0, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+    # MMA i-1 has retired: its x slot is free (its byte planes were read before it was issued).
+    mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
+    return acc
+
+
+@_jit
+def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                   k_tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, BLOCK_W: gl.constexpr,
+                   BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """The consumer warpgroup(s): merge + MMA over K, then the epilogue (scale, bias, store y)."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                         instr_shape=[16, BLOCK_T, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
+    # Unrolled by two: a rolled loop would write the same (virtual) A registers while the
+    # previous step's MMA still reads them, and ptxas would serialize every MMA.
+    for j in range(k_tiles // 2):
+        i = 2 * j
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES, a_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, STAGES, a_layout)
+    if k_tiles % 2:
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+    acc = acc * out_scale
+    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))  # weight rows = y columns
+    if HAS_BIAS:
+        b = gl.load(bias_ptr + rows, mask=rows < N, other=0.0)
+        acc = acc + b.to(gl.float32)[:, None]
+    # y[t, w]: consecutive weight rows are consecutive addresses, so store from a layout in which
+    # each thread holds 8 consecutive rows of one token column.
+    store_layout: gl.constexpr = gl.BlockedLayout([8, 1], [BLOCK_W // 8, 256 // BLOCK_W], [1, NUM_WARPS], [0, 1])
+    out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), store_layout)
+    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, store_layout))
+    toks = off_t + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, store_layout))
+    ptrs = y_ptr + toks.to(gl.int64)[None, :] * stride_ym + rows[:, None]
+    gl.store(ptrs, out, mask=(rows[:, None] < N) & (toks[None, :] < M))
+
+
+@_jit
+def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr):
+    """Per-token E4M3 quantization of rows pid, pid + nprog, ...: ``triton_fp8.quantize_rows`` on
+    the GPU, bit for bit (the same scale rounding, division and conversion)."""
+    QBLOCK: gl.constexpr = 1024
+    layout: gl.constexpr = gl.BlockedLayout([QBLOCK // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0])
+    offs = gl.arange(0, QBLOCK, layout=layout)
+    for row in range(gl.program_id(0), M, gl.num_programs(0)):
+        x_row = x_ptr + row.to(gl.int64) * stride_xm
+        amax = gl.zeros([QBLOCK], gl.float32, layout)
+        for k0 in range(0, K, QBLOCK):
+            xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
+            amax = gl.maximum(amax, gl.abs(xk))
+        scale = gl.maximum(gl.max(amax, axis=0) * FP8_MAX_RCP, MIN_ACT_SCALE)
+        for k0 in range(0, K, QBLOCK):
+            xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
+            q = gl.minimum(gl.maximum(gl.div_rn(xk, scale), -FP8_MAX), FP8_MAX)
+            gl.store(q_ptr + row.to(gl.int64) * K + k0 + offs, q.to(gl.float8e4nv), mask=k0 + offs < K)
+        gl.store(s_ptr + row, scale)
+
+
+@_jit(do_not_specialize=["M"])
+def nested_fp16_rs_kernel(
+    x_desc, u_desc, l_desc, y_ptr, bias_ptr, mode_ptr, x_ptr, q_ptr, s_ptr,
+    M, N, K, stride_ym, stride_xm, out_scale,
+    HAS_BIAS: gl.constexpr, QUANT: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
+    BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr,
+):
+    mode = gl.load(mode_ptr)
+    if mode != 0:
+        # FP8 mode: with QUANT, this launch quantizes x for the FP8 GEMM that follows instead of
+        # idling (as ``triton_fp16.nested_fp16_kernel`` does), so the op stays at two launches.
+        if QUANT:
+            if mode == 1:
+                _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS)
+        return
+    # Grouped order: GROUP weight blocks walk the token blocks together, so each byte-plane block
+    # comes from HBM about once and x blocks stay in L2.
+    pid = gl.program_id(0)
+    num_w = gl.cdiv(N, BLOCK_W)
+    num_t = gl.cdiv(M, BLOCK_T)
+    per_group = GROUP * num_t
+    first_w = (pid // per_group) * GROUP
+    size = gl.minimum(num_w - first_w, GROUP)
+    pid_w = first_w + (pid % per_group) % size
+    pid_t = (pid % per_group) // size
+    off_w = pid_w * BLOCK_W
+    off_t = pid_t * BLOCK_T
+    k_tiles = gl.cdiv(K, BLOCK_K)
+
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
+    u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
+    l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    fence_async_shared()
+
+    gl.warp_specialize([
+        (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                          k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, NUM_WARPS)),
+        (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
+                           STAGES, BLOCK_K)),
+    ], _LOAD_WARPS, _LOAD_REGS)
+
+
+def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
+    """The ring (x tile + two byte tiles per stage) plus 512 bytes for barriers and partition state."""
+    return stages * (block_t * block_k * 2 + 2 * block_w * block_k) + 512
+
+
+def config_problem(block_w: int, block_t: int, block_k: int, stages: int) -> str | None:
+    """Why a tile config cannot work on sm_90 (None if it should): checked before compiling."""
+    if block_w not in (64, 128):
+        return "block_w must be 64 (one consumer warpgroup) or 128 (two)"
+    if block_t not in (16, 32, 64, 128, 256):
+        return "block_t must be a power of two in [16, 256] (wgmma N)"
+    if block_k not in (64, 128):
+        return "block_k must be 64 or 128"
+    if stages < 2:
+        return "stages must be >= 2"
+    need = smem_bytes(block_w, block_t, block_k, stages)
+    if need > SMEM_LIMIT:
+        return f"needs {need} bytes of shared memory (> {SMEM_LIMIT})"
+    return None
+
+
+@functools.cache
+def available(device_index: int) -> bool:
+    """Gluon imported and the device is sm_90 (the kernel uses Hopper's wgmma and TMA)."""
+    return _IMPORT_ERROR is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+@functools.cache
+def _smem_layout(block: tuple[int, int], dtype: str):
+    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, dtype))
+
+
+def nested_fp16_gemm_rs(
+    x2d: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    tile: tuple[int, int, int, int] = (128, 128, 64, 4),
+    checked: bool = False,
+    quant_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Writes ``x2d @ (merge(upper, lower) * 2**scale_exp).T + bias`` into ``out`` if ``mode[0] == 0``.
+
+    Otherwise ``out`` is returned as it was, and, if ``mode[0] == 1`` and ``quant_out = (q, s)``
+    is given, the launch writes the per-token E4M3 quantization of x there (for the FP8 GEMM).
+    ``tile`` = (block_w, block_t, block_k, stages).
+    Raises ``GluonUnavailable`` off Hopper or without Gluon, ``ValueError`` for a tile that cannot
+    fit, K % 16 != 0 or operands TMA cannot address (16-byte aligned bases and row pitches).
+    """
+    from kernels.triton_fp8 import _check_operands, launch
+
+    if not checked:
+        _check_operands(x2d, upper, lower)
+    if x2d.device.type != "cuda" or not available(x2d.device.index or 0):
+        raise GluonUnavailable(f"nested_fp16_gemm_rs needs an sm_90 GPU and Gluon (got {x2d.device}; "
+                               f"import error: {_IMPORT_ERROR!r})")
+    block_w, block_t, block_k, stages = tile
+    problem = config_problem(*tile)
+    if problem:
+        raise ValueError(f"tile {tile}: {problem}")
+    m, k = x2d.shape
+    n = upper.shape[0]
+    if not tma_ok(x2d, upper, lower):
+        raise ValueError("TMA needs K % 16 == 0 and 16-byte aligned x and plane bases and row pitches")
+    if out is None:
+        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    if m == 0:
+        return out
+    xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
+    x_desc = TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], [block_t, block_k], _smem_layout((block_t, block_k), xdt))
+    plane_layout = _smem_layout((block_w, block_k), "uint8")
+    u_desc = TensorDescriptor(upper.view(torch.uint8), [n, k], [k, 1], [block_w, block_k], plane_layout)
+    l_desc = TensorDescriptor(lower, [n, k], [k, 1], [block_w, block_k], plane_layout)
+    so, sx = out.stride(0), x2d.stride(0)
+    q, s = quant_out if quant_out is not None else (out, out)
+    num_warps = block_w // 16
+    spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15,
+            0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
+            n & 15, k & 15, so & 15, sx & 15, n == 1)
+    launch(
+        nested_fp16_rs_kernel, triton.cdiv(n, block_w) * triton.cdiv(m, block_t),
+        (x_desc, u_desc, l_desc, out, bias if bias is not None else out, mode, x2d, q, s, m, n, k, so, sx,
+         2.0**scale_exp),
+        dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
+             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps),
+        num_warps, 1, spec,
+    )
+    return out
+
+
+def tma_ok(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> bool:
+    """What TMA needs of the operands: 16-byte aligned bases and row pitches (K % 16 == 0 for the planes)."""
+    k = x2d.shape[1]
+    return (k % 16 == 0 and x2d.stride(1) == 1 and (x2d.stride(0) * x2d.element_size()) % 16 == 0
+            and x2d.data_ptr() % 16 == 0 and upper.data_ptr() % 16 == 0 and lower.data_ptr() % 16 == 0)

@@ -1,0 +1,168 @@
+"""The Gluon NestedFP16 GEMM (``kernels.gluon_fp16``) and how the dispatcher picks it.
+
+On a Hopper GPU with a Triton that has Gluon: the kernel against ``kernels.reference`` on ragged
+shapes (output poisoned with NaN, so an unwritten tile fails), bf16 + bias + pre-scale, the
+device-side mode, and the op choosing it. Everywhere else (CPU CI) those skip; what runs there is
+the tile table lookup, the config checks, that the module imports without a GPU and refuses to
+run with a clear error, and that the dispatcher keeps CPU tensors on the Triton path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import gluon_fp16 as G
+from kernels import nested_linear, nested_split, triton_dispatch, tuning
+
+
+def _hopper_with_gluon() -> str | None:
+    """None if the GPU tests can run here, else why not."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    if torch.cuda.get_device_capability()[0] != 9:
+        return "needs compute capability 9.x (Hopper)"
+    if G._IMPORT_ERROR is not None:
+        return f"Triton without a usable Gluon: {G._IMPORT_ERROR!r}"
+    return None
+
+
+needs_hopper = pytest.mark.skipif(_hopper_with_gluon() is not None, reason=str(_hopper_with_gluon()))
+
+# (M, N, K): M ragged against block_t, N against block_w, K against block_k, rings that wrap.
+SHAPES = [(100, 384, 2048), (33, 200, 528), (7, 4096, 1024)]
+TILES = [(128, 128, 64, 4), (64, 16, 128, 5), (64, 256, 64, 3)]
+
+
+def _weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
+    """Random FP16 weights; magnitudes >= amax / 512 so that a pre-scale (amax > 1.875) is exact."""
+    w = (torch.randn(n, k, device=device) * (amax / 4)).clamp(-amax, amax)
+    w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
+    return nested_split(w.half())
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(y).all(), "NaN/inf in the output: an unwritten (poisoned) tile"
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def test_config_checks_refuse_tiles_that_cannot_fit():
+    assert G.config_problem(128, 128, 64, 4) is None
+    assert "shared memory" in G.config_problem(128, 256, 128, 4)
+    assert "block_w" in G.config_problem(32, 64, 64, 4)
+    assert "block_t" in G.config_problem(64, 48, 64, 4)
+    assert G.smem_bytes(128, 256, 64, 4) <= G.SMEM_LIMIT
+
+
+def test_tile_table_lookup_takes_the_next_measured_m_and_caps_the_token_tile():
+    table = tuning._gluon_table()
+    assert "6144x4096" in table, "the committed H200 table holds the Llama-3.1-8B shapes"
+    entries = table["6144x4096"]
+    assert tuning.gluon_tile(6144, 4096, 64) == tuple(entries["64"])
+    assert tuning.gluon_tile(6144, 4096, 65) == tuple(entries["128"])  # next measured M up
+    assert tuning.gluon_tile(6144, 4096, 10**6) == tuple(entries[max(entries, key=int)])
+    for m in (17, 33, 100, 300):
+        tile = tuning.gluon_tile(1000, 1000, m)  # not in the table: the heuristic
+        assert G.config_problem(*tile) is None
+        assert tile[1] <= max(16, 1 << (m - 1).bit_length())
+
+
+def test_table_keeps_the_triton_kernel_where_it_measured_faster():
+    n, k = 4096, 4096
+    table = tuning._gluon_table()[f"{n}x{k}"]
+    losing = [int(m) for m, tile in table.items() if tile is None]
+    assert losing, "the committed table has shapes where the Triton kernel won (8B.o at M <= 64)"
+    for m in losing:
+        assert tuning.gluon_tile(n, k, m) is None
+
+
+def test_every_table_tile_is_a_valid_config():
+    for shape, entries in tuning._gluon_table().items():
+        for m, tile in entries.items():
+            assert tile is None or G.config_problem(*tile) is None, (shape, m, tile)
+
+
+def test_dispatcher_keeps_cpu_tensors_on_the_triton_path():
+    nw = _weights(64, 64, device="cpu")
+    x = torch.randn(64, 64).half()
+    assert not triton_dispatch.use_gluon(x, nw.upper, nw.lower)
+
+
+def test_refuses_to_run_off_hopper_with_a_clear_error():
+    if _hopper_with_gluon() is None:
+        pytest.skip("this machine can run the kernel")
+    nw = _weights(64, 64, device="cpu")
+    mode = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(G.GluonUnavailable):
+        G.nested_fp16_gemm_rs(torch.randn(4, 64).half(), nw.upper, nw.lower, mode, 0)
+
+
+@needs_hopper
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_reference_at_fp16_gemm_error(m, n, k, tile):
+    from kernels.ops import new_mode_tensor
+
+    nw = _weights(n, k)
+    x = torch.randn(m, k, device="cuda").half()
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, out=out, tile=tile)
+    assert _rel(out, nested_linear(x, nw, "fp16")) < 2e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bias_prescale_and_bf16(dtype):
+    from kernels.ops import new_mode_tensor
+
+    m, n, k = SHAPES[0]
+    nw = _weights(n, k, amax=5.0)
+    assert nw.scale_exp > 0
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    bias = torch.randn(n, device="cuda").to(dtype)
+    y = G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, bias)
+    assert y.dtype == dtype
+    assert _rel(y, nested_linear(x, nw, "fp16", bias)) < (8e-3 if dtype == torch.bfloat16 else 2e-3)
+
+
+@needs_hopper
+def test_fp8_mode_leaves_the_output_untouched():
+    from kernels.ops import new_mode_tensor
+
+    m, n, k = SHAPES[1]
+    nw = _weights(n, k)
+    x = torch.randn(m, k, device="cuda").half()
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp8"), nw.scale_exp, out=out)
+    assert torch.isnan(out).all()
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,k", [(64, 1024), (300, 4000)])
+def test_fp8_mode_quantizes_x_exactly_as_act_quant(m, k):
+    from kernels.ops import new_mode_tensor
+    from kernels.triton_fp8 import act_quant
+
+    nw = _weights(256, k)
+    x = torch.randn(m, k, device="cuda").half() * 3
+    x[1, :] = 0  # an all-zero row: the minimum scale
+    mode = new_mode_tensor("cuda", "fp8")
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device="cuda")
+    s = torch.full((m,), float("nan"), device="cuda")
+    G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, 0, tile=(64, 64, 64, 4), quant_out=(q, s))
+    q_ref, s_ref = act_quant(x, mode)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@needs_hopper
+@pytest.mark.parametrize("mode", ["fp16", "fp8"])
+def test_op_takes_the_gluon_kernel_from_gluon_min_m_and_matches_both_modes(mode):
+    from kernels.ops import new_mode_tensor
+
+    m, n, k = 64, 6144, 1024  # no table entry for this (N, K): the heuristic picks Gluon at M = 64
+    nw = _weights(n, k)
+    x = torch.randn(m, k, device="cuda").half()
+    assert triton_dispatch.use_gluon(x, nw.upper, nw.lower)
+    y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cuda", mode), nw.scale_exp)
+    assert _rel(y, nested_linear(x, nw, mode)) < (2e-3 if mode == "fp16" else 5e-3)
