@@ -20,11 +20,11 @@ same-size copy; ``hybrid_checks`` checks the path on the GPU (mode flips, graph 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -161,27 +161,17 @@ def plain_fp16_fn(x: torch.Tensor, w16: torch.Tensor, cfg: TileConfig):
                                            num_stages=cfg.num_stages)
 
 
-@contextlib.contextmanager
+DEVICE_PATH_ONLY = 1 << 62  # as LARGE_M_THRESHOLD: the device-side pick always
+
+
 def large_m_threshold(t: int):
-    """Run the op with another large-M threshold (0: host path always; huge: device path always)."""
-    old, triton_dispatch.LARGE_M_THRESHOLD = triton_dispatch.LARGE_M_THRESHOLD, t
-    try:
-        yield
-    finally:
-        triton_dispatch.LARGE_M_THRESHOLD = old
+    """Run the op with another large-M threshold (0: host path always; DEVICE_PATH_ONLY: never)."""
+    return mock.patch.object(triton_dispatch, "LARGE_M_THRESHOLD", t)
 
 
-DEVICE_PATH_ONLY = 1 << 62
-
-
-@contextlib.contextmanager
 def gluon_off():
     """Run the op with the Triton FP16 kernel where it would take the Gluon one."""
-    old, triton_dispatch.USE_GLUON = triton_dispatch.USE_GLUON, False
-    try:
-        yield
-    finally:
-        triton_dispatch.USE_GLUON = old
+    return mock.patch.object(triton_dispatch, "USE_GLUON", False)
 
 
 def graphed(fn):
@@ -222,7 +212,7 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
                     lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0)))
                 r["graph_nested_fp8_us"] = bench(graphed(
                     lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0)))
-                r["gluon_fp16"] = triton_dispatch.use_gluon(x, nw.upper, nw.lower)
+                r["gluon_fp16"] = triton_dispatch.use_gluon(x, nw.upper, nw.lower) is not None
                 if r["gluon_fp16"]:  # the same op on the Triton FP16 kernel, for the comparison
                     with gluon_off():
                         for md in ("fp16", "fp8"):

@@ -23,35 +23,17 @@ import torch
 import triton
 
 from kernels import gluon_fp16 as G
-from kernels.tuning import LLAMA_SHAPES
+from kernels.bench import graphed, make_weight, rel_err
+from kernels.tuning import LLAMA_SHAPES, token_cap
 
 Config = tuple[int, int, int, int]  # block_w, block_t, block_k, stages
 TOL = 5e-3  # relative Frobenius error, fp16 GEMM level (kernels.bench uses the same); x4 for bf16
 
 
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    if not torch.isfinite(y).all():
-        return float("inf")
-    return float((y.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
-def make_weight(n: int, k: int, amax: float = 0.25):
-    """Gaussian-like FP16 weight, nested. |w| >= amax / 512, so a pre-scale (amax > 1.875) is exact."""
-    from kernels import nested_split
-
-    w = (torch.randn(n, k, device="cuda") * (amax / 4)).clamp(-amax, amax)
-    w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
-    return nested_split(w.half())
-
-
 def bench_us(fn, rep_ms: int) -> float:
     """do_bench median of ``fn`` replayed from a CUDA graph (L2 flushed before each replay): eager
     timings of these GEMMs measure the host (the launch takes longer than the GPU work at small M)."""
-    fn()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, warmup=5, rep=rep_ms, return_mode="median") * 1e3
+    return triton.testing.do_bench(graphed(fn), warmup=5, rep=rep_ms, return_mode="median") * 1e3
 
 
 def default_configs() -> list[Config]:
@@ -68,9 +50,8 @@ def default_configs() -> list[Config]:
 
 
 def configs_for(m: int, configs: list[Config]) -> list[Config]:
-    """Token tiles no wider than twice what M needs (a 256-wide tile at M = 16 is only waste)."""
-    cap = max(16, 1 << (max(m, 1) - 1).bit_length())
-    return [c for c in configs if c[1] <= cap]
+    """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste)."""
+    return [c for c in configs if c[1] <= token_cap(m)]
 
 
 def run(x, nw, mode, c: Config, bias=None, out=None):
@@ -107,9 +88,8 @@ def checks(configs: list[Config]) -> list[dict]:
             except Exception as e:  # noqa: BLE001
                 row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:400]}")
             rows.append(row)
-        bad = [r for r in rows if not r["ok"]]
         print(f"check M={m} N={n} K={k} {dtype} bias={with_bias} scale_exp={nw.scale_exp}: "
-              f"{len(configs) - len([r for r in bad if r['m'] == m])}/{len(configs)} ok", flush=True)
+              f"{sum(r['ok'] for r in rows[-len(configs):])}/{len(configs)} ok", flush=True)
     return rows
 
 

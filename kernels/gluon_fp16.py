@@ -26,6 +26,8 @@ import functools
 
 import torch
 
+from kernels.triton_fp8 import launch, prepare
+
 try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used here is 3.6.0's.
     import triton
     from triton.experimental import gluon
@@ -251,27 +253,22 @@ def nested_fp16_gemm_rs(
 
     Otherwise ``out`` is returned as it was, and, if ``mode[0] == 1`` and ``quant_out = (q, s)``
     is given, the launch writes the per-token E4M3 quantization of x there (for the FP8 GEMM).
-    ``tile`` = (block_w, block_t, block_k, stages).
+    ``tile`` = (block_w, block_t, block_k, stages). ``checked``: the caller (the dispatcher) has
+    checked the operands, the device, the tile and TMA addressing, so this call does not.
     Raises ``GluonUnavailable`` off Hopper or without Gluon, ``ValueError`` for a tile that cannot
     fit, K % 16 != 0 or operands TMA cannot address (16-byte aligned bases and row pitches).
     """
-    from kernels.triton_fp8 import _check_operands, launch
-
+    m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if not checked:
-        _check_operands(x2d, upper, lower)
-    if x2d.device.type != "cuda" or not available(x2d.device.index or 0):
-        raise GluonUnavailable(f"nested_fp16_gemm_rs needs an sm_90 GPU and Gluon (got {x2d.device}; "
-                               f"import error: {_IMPORT_ERROR!r})")
+        if x2d.device.type != "cuda" or not available(x2d.device.index or 0):
+            raise GluonUnavailable(f"nested_fp16_gemm_rs needs an sm_90 GPU and Gluon (got {x2d.device}; "
+                                   f"import error: {_IMPORT_ERROR!r})")
+        problem = config_problem(*tile)
+        if problem:
+            raise ValueError(f"tile {tile}: {problem}")
+        if not tma_ok(x2d, upper, lower):
+            raise ValueError("TMA needs K % 16 == 0 and 16-byte aligned x and plane bases and row pitches")
     block_w, block_t, block_k, stages = tile
-    problem = config_problem(*tile)
-    if problem:
-        raise ValueError(f"tile {tile}: {problem}")
-    m, k = x2d.shape
-    n = upper.shape[0]
-    if not tma_ok(x2d, upper, lower):
-        raise ValueError("TMA needs K % 16 == 0 and 16-byte aligned x and plane bases and row pitches")
-    if out is None:
-        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
     if m == 0:
         return out
     xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"

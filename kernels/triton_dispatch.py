@@ -25,29 +25,32 @@ without a live mirror falls back to the device-side pick.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
 
-import os
-
 from kernels import gluon_fp16
 from kernels.mode_state import host_mode
-from kernels.triton_fp8 import nested_fp8_gemm
-from kernels.triton_fp16 import _check_operands, nested_fp16_gemm
+from kernels.triton_fp8 import _check_operands, nested_fp8_gemm
+from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.triton_merge import merge_weight
-from kernels.tuning import get_config, gluon_tile
+from kernels.tuning import GluonTile, get_config, gluon_tile
 
 LARGE_M_THRESHOLD = 1024  # eager calls with M >= this pick the path on the host (module docstring)
-GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M <= 16 it lost on 3 of 8 shapes)
+GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M = 16 it was faster on only 2 of 8 shapes)
 USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
 
 
-def use_gluon(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> bool:
-    """Whether the FP16 launch is the Gluon kernel (module docstring)."""
+def use_gluon(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> GluonTile | None:
+    """The Gluon kernel's tile if the FP16 launch is the Gluon kernel (module docstring), else None."""
     m, k = x2d.shape
-    return (USE_GLUON and m >= GLUON_MIN_M and x2d.is_cuda and gluon_tile(upper.shape[0], k, m) is not None
-            and gluon_fp16.available(x2d.device.index or 0) and gluon_fp16.tma_ok(x2d, upper, lower))
+    if not (USE_GLUON and m >= GLUON_MIN_M and x2d.is_cuda):
+        return None
+    tile = gluon_tile(upper.shape[0], k, m)
+    ok = tile and gluon_fp16.available(x2d.device.index or 0) and gluon_fp16.tma_ok(x2d, upper, lower)
+    return tile if ok else None
 
 
 def nested_linear_cuda(
@@ -80,22 +83,21 @@ def nested_linear_cuda(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if name == "fp8":
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m), True, None)
-    elif m and use_gluon(x2d, upper, lower):
-        tile, cfg8 = gluon_tile(n, k, m), get_config("fp8", n, k, m)
-        quant = None
-        if not cfg8.fused_quant and 2 * triton.cdiv(n, tile[0]) * triton.cdiv(m, tile[1]) >= m:  # as below
-            quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device),
-                     torch.empty((m,), dtype=torch.float32, device=x.device))
-        gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
-        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
     elif m:
-        cfg16, cfg8 = get_config("fp16", n, k, m), get_config("fp8", n, k, m)
+        cfg8 = get_config("fp8", n, k, m)
+        tile = use_gluon(x2d, upper, lower)
+        cfg16 = None if tile else get_config("fp16", n, k, m)
+        programs = (triton.cdiv(n, tile[0]) * triton.cdiv(m, tile[1]) if tile
+                    else triton.cdiv(n, cfg16.block_n) * triton.cdiv(m, cfg16.block_m))
         quant = None
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
-        if not cfg8.fused_quant and 2 * triton.cdiv(n, cfg16.block_n) * triton.cdiv(m, cfg16.block_m) >= m:
+        if not cfg8.fused_quant and 2 * programs >= m:
             quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device),
                      torch.empty((m,), dtype=torch.float32, device=x.device))
-        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
+        if tile:
+            gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
+        else:
+            nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
     return out.reshape(*x.shape[:-1], n)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_fp8 import _check_operands, launch, quantize_rows, tile_ids
+from kernels.triton_fp8 import launch, prepare, quantize_rows, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 # Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
@@ -134,12 +134,7 @@ def nested_fp16_gemm(
     given, the launch writes the per-token E4M3 quantization of x there for the FP8 GEMM (the
     dispatcher launches both precisions' kernels and the device-side mode picks the work).
     """
-    if not checked:
-        _check_operands(x2d, upper, lower)
-    m, k = x2d.shape
-    n = upper.shape[0]
-    if out is None:
-        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if m == 0:
         return out
     cfg = config or get_config("fp16", n, k, m)

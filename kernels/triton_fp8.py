@@ -42,6 +42,16 @@ def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor)
     return x2d.shape[0], n, k
 
 
+def prepare(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, out: torch.Tensor | None,
+            checked: bool) -> tuple[int, int, int, torch.Tensor]:
+    """(M, N, K, out) for a GEMM wrapper: operands checked unless ``checked`` (the dispatcher did),
+    ``out`` allocated in x's dtype if None."""
+    m, n, k = (x2d.shape[0], *upper.shape) if checked else _check_operands(x2d, upper, lower)
+    if out is None:
+        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    return m, n, k, out
+
+
 _LAUNCHERS: dict = {}
 
 
@@ -237,12 +247,7 @@ def nested_fp8_gemm(
     Activations: ``quantized = (q, s)`` when an earlier launch (the dispatcher's FP16 launch)
     quantized them; else quantized here, fused into the GEMM or by ``act_quant`` per the config.
     """
-    if not checked:
-        _check_operands(x2d, upper, upper)
-    m, k = x2d.shape
-    n = upper.shape[0]
-    if out is None:
-        out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    m, n, k, out = prepare(x2d, upper, upper, out, checked)
     if m == 0:
         return out
     cfg = config or get_config("fp8", n, k, m)

@@ -49,9 +49,14 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
+def token_cap(m: int) -> int:
+    """The narrowest token tile that covers M: a power of two, >= 16 (the MMA's N slot)."""
+    return max(16, 1 << max(0, m - 1).bit_length())
+
+
 def token_block(m: int) -> int:
     """Token tile for small M: the MMA's N slot needs >= 16; beyond 64 the table decides."""
-    return min(64, max(16, 1 << max(0, m - 1).bit_length()))
+    return min(64, token_cap(m))
 
 
 def heuristic_config(kind: str, n: int, k: int, m: int) -> TileConfig:
@@ -72,12 +77,17 @@ def heuristic_config(kind: str, n: int, k: int, m: int) -> TileConfig:
     return C(128, 256, 128, 8, 3)
 
 
-@functools.lru_cache(maxsize=1)
-def _table() -> dict:
+@functools.cache
+def _load(path: Path, key: str) -> dict:
+    """A committed table's entries, read once; empty if the file is missing."""
     try:
-        return json.loads(TABLE_PATH.read_text())["configs"]
+        return json.loads(path.read_text())[key]
     except FileNotFoundError:
         return {}
+
+
+def _table() -> dict:
+    return _load(TABLE_PATH, "configs")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,12 +122,8 @@ def gluon_heuristic_tile(m: int) -> GluonTile:
     return (128, 256, 64, 3)
 
 
-@functools.lru_cache(maxsize=1)
 def _gluon_table() -> dict:
-    try:
-        return json.loads(GLUON_TABLE_PATH.read_text())["tiles"]
-    except FileNotFoundError:
-        return {}
+    return _load(GLUON_TABLE_PATH, "tiles")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -134,7 +140,7 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
         if entry is None:
             return None
         tile = tuple(entry)
-    cap = max(16, 1 << (max(m, 1) - 1).bit_length())
+    cap = token_cap(m)
     return tile if tile[1] <= cap else (tile[0], cap, tile[2], tile[3])
 
 
@@ -150,8 +156,8 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) ->
     table = dict(source=Path(check_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
                  triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-table CHECK_JSON",
                  tiles=tiles)
-    text = re.sub(r"\[\s*([\d,\s]+?)\s*\]", lambda mt: "[" + ", ".join(mt.group(1).split()).replace(",,", ",") + "]",
-                  json.dumps(table, indent=1))
+    # One line per tile: indent=1 would spread each 4-number list over 6 lines.
+    text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
     Path(out_path).write_text(text + "\n")
     return table
 
