@@ -4,22 +4,25 @@
 
 Per shape and M: cuBLAS FP16 (torch.matmul), cuBLASLt FP8 (torch._scaled_mm, row-wise scales,
 activations quantized beforehand and not timed), NestedFP16 and NestedFP8 through the full
-``nested_linear_cuda`` op (both precisions' launches, the device-side mode picks one; NestedFP8
-includes its activation quantization). Every shape is checked against ``kernels.reference``
+``nested_linear_cuda`` op as an eager caller runs it (NestedFP8 includes its activation
+quantization). Every shape is checked against ``kernels.reference``
 before it is timed. Times: ``triton.testing.do_bench`` medians (L2 flushed before each run).
 Also: ragged-shape checks (M = 1, 7, 33, 4097; N, K not multiples of 128; pre-scale, bias,
 bf16), the cost of the mode switch at decode, and the CUDA-graph mode flip.
 
-Large-M hybrid (``triton_dispatch.LARGE_M_THRESHOLD``): the op's eager calls at M >= threshold take
-the mode from its host mirror (FP16: merge pass + cuBLAS). For M >= 64 each row also times both
-paths explicitly (``device_path_*``: threshold off, both launches; ``host_path_*``: threshold 0),
-which is what the threshold is chosen from; ``merge_bandwidth`` times the merge pass against a
-same-size copy; ``hybrid_checks`` checks the path on the GPU (mode flips, graph capture at large M).
+Eager calls pick the precision on the host (``triton_dispatch.HOST_PICK``; from
+``LARGE_M_THRESHOLD`` up FP16 = merge pass + cuBLAS, FP8 = cuBLASLt on the upper plane); CUDA graphs
+(the ``graph_*`` columns, M <= 256) pick on the device. For M >= 64 each row also times
+``device_path_*`` (eager calls with the device pick: both launches) and ``host_path_*`` (threshold 0),
+which is what the threshold is chosen from; from the threshold up, ``nested_fp8_triton_us`` is the
+FP8 op on the Triton kernel instead of cuBLASLt. ``merge_bandwidth`` times the merge pass against a
+same-size copy; ``hybrid_checks`` checks the host pick on the GPU (mode flips, graph capture at large M).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 import triton
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split
-from kernels import triton_dispatch
+from kernels import cublaslt_fp8, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
 from kernels.reference import quantize_per_token
 from kernels.triton_dispatch import nested_linear_cuda
@@ -64,17 +67,21 @@ def make_weight(n: int, k: int, amax: float = 0.25) -> NestedWeight:
 
 
 def check(x: torch.Tensor, nw: NestedWeight, bias: torch.Tensor | None = None) -> dict[str, float]:
-    """Relative error of the op against the reference in both modes; raises if either is off."""
+    """Relative error of the op against the reference in both modes, for the host pick (eager) and
+    the device pick (as in CUDA graphs); raises if any is off. Keys: mode, and mode + "_device"."""
     errs = {}
     for mode in ("fp16", "fp8"):
         mt = new_mode_tensor("cuda", mode)
-        y = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)
-        y2 = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)  # the cached fast launch path
-        if not torch.equal(y, y2):
-            raise AssertionError(f"{mode}: second (fast-path) launch differs from the first")
-        errs[mode] = rel_err(y, nested_linear(x, nw, mode, bias))
-        if not errs[mode] < TOL[mode] * (4 if x.dtype == torch.bfloat16 else 1):
-            raise AssertionError(f"{mode} rel err {errs[mode]:.3g} for x {tuple(x.shape)} W {tuple(nw.shape)}")
+        ref = nested_linear(x, nw, mode, bias)
+        for key, pick in ((mode, contextlib.nullcontext), (f"{mode}_device", device_pick)):
+            with pick():
+                y = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)
+                y2 = nested_linear_cuda(x, nw.upper, nw.lower, mt, nw.scale_exp, bias)  # the direct launch path
+            if not torch.equal(y, y2):
+                raise AssertionError(f"{key}: second (direct) launch differs from the first")
+            errs[key] = rel_err(y, ref)
+            if not errs[key] < TOL[mode] * (4 if x.dtype == torch.bfloat16 else 1):
+                raise AssertionError(f"{key} rel err {errs[key]:.3g} for x {tuple(x.shape)} W {tuple(nw.shape)}")
     return errs
 
 
@@ -161,17 +168,24 @@ def plain_fp16_fn(x: torch.Tensor, w16: torch.Tensor, cfg: TileConfig):
                                            num_stages=cfg.num_stages)
 
 
-DEVICE_PATH_ONLY = 1 << 62  # as LARGE_M_THRESHOLD: the device-side pick always
-
-
 def large_m_threshold(t: int):
-    """Run the op with another large-M threshold (0: host path always; DEVICE_PATH_ONLY: never)."""
+    """Run the op with another large-M threshold (0: merge + cuBLAS / cuBLASLt at every M)."""
     return mock.patch.object(triton_dispatch, "LARGE_M_THRESHOLD", t)
+
+
+def device_pick():
+    """Run eager calls as CUDA graphs run them: both launches, the device-side mode picks."""
+    return mock.patch.object(triton_dispatch, "HOST_PICK", False)
 
 
 def gluon_off():
     """Run the op with the Triton FP16 kernel where it would take the Gluon one."""
     return mock.patch.object(triton_dispatch, "USE_GLUON", False)
+
+
+def cublaslt_off():
+    """Run the op's eager large-M FP8 path on the Triton FP8 kernel instead of cuBLASLt."""
+    return mock.patch.object(cublaslt_fp8, "USE_CUBLASLT_FP8", False)
 
 
 def graphed(fn):
@@ -200,9 +214,14 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
             r["nested_fp16_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0))
             r["nested_fp8_us"] = bench(lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0))
             r["large_m_threshold"] = triton_dispatch.LARGE_M_THRESHOLD
+            if m >= triton_dispatch.LARGE_M_THRESHOLD:  # the FP8 GEMM there: cuBLASLt vs the Triton kernel
+                r["fp8_cublaslt"] = cublaslt_fp8.usable(x, nw.upper)
+                with cublaslt_off():
+                    r["nested_fp8_triton_us"] = bench(
+                        lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp8"], 0))
             if m >= 64:  # both paths explicitly, to choose the threshold from
-                for path, t in (("device_path", DEVICE_PATH_ONLY), ("host_path", 0)):
-                    with large_m_threshold(t):
+                for path, ctx in (("device_path", device_pick), ("host_path", lambda: large_m_threshold(0))):
+                    with ctx():
                         for md in ("fp16", "fp8"):
                             op = lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes[md], 0)  # noqa: E731
                             r[f"{path}_{md}_us"] = bench(op)
@@ -391,7 +410,7 @@ def hybrid_checks() -> dict:
     op = lambda: nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)  # noqa: E731
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), large_m_threshold(DEVICE_PATH_ONLY):
+    with torch.cuda.stream(side), device_pick():
         for name in ("fp8", "fp16"):
             set_host_mode(mode, name)
             op()
@@ -403,7 +422,7 @@ def hybrid_checks() -> dict:
     for name in ("fp8", "fp16", "fp8"):
         set_host_mode(mode, name)
         g.replay()
-        with large_m_threshold(DEVICE_PATH_ONLY):
+        with device_pick():
             eager_device = op()
         graph.append(dict(mode=name, replay_equals_eager_device_path=bool(torch.equal(out, eager_device)),
                           rel_err_vs_reference=rel_err(out, nested_linear(x, nw, name)),
@@ -445,6 +464,8 @@ def summarize(rows: list[dict]) -> dict:
                 s[f"graph_{md}_triton_geomean_m{m}"] = geomean(
                     r["graph_cublas_fp16_us"] / r[f"graph_nested_{md}_triton_us"] for r in at)
     s["fp16_geomean_m_ge_1024"] = geomean(r["ratio_fp16"] for r in large)
+    if large and all("nested_fp8_triton_us" in r for r in large):
+        s["fp8_triton_geomean_m_ge_1024"] = geomean(r["cublas_fp16_us"] / r["nested_fp8_triton_us"] for r in large)
     for m in sorted({r["m"] for r in rows}):
         at = [r for r in rows if r["m"] == m]
         s[f"fp16_geomean_m{m}"] = geomean(r["ratio_fp16"] for r in at)

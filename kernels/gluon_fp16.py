@@ -26,7 +26,8 @@ import functools
 
 import torch
 
-from kernels.triton_fp8 import launch, prepare
+from kernels.fast_launch import TmaArg, cdiv, launch
+from kernels.triton_fp8 import prepare
 
 try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used here is 3.6.0's.
     import triton
@@ -39,7 +40,6 @@ try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used h
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     # The merge PTX (a tl.constexpr = gl.constexpr): 4 upper + 4 lower bytes in, 4 fp16 weights out.
     from kernels.triton_fp16 import _MERGE_ASM
@@ -48,7 +48,7 @@ try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used h
     _IMPORT_ERROR: Exception | None = None
 except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", reported when called
     triton = gluon = gl = _MERGE_ASM = FP8_MAX = FP8_MAX_RCP = MIN_ACT_SCALE = None
-    fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = TensorDescriptor = None
+    fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = None
     _IMPORT_ERROR = e
 
 SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
@@ -272,19 +272,20 @@ def nested_fp16_gemm_rs(
     if m == 0:
         return out
     xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
-    x_desc = TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], [block_t, block_k], _smem_layout((block_t, block_k), xdt))
+    sx = x2d.stride(0)
     plane_layout = _smem_layout((block_w, block_k), "uint8")
-    u_desc = TensorDescriptor(upper.view(torch.uint8), [n, k], [k, 1], [block_w, block_k], plane_layout)
-    l_desc = TensorDescriptor(lower, [n, k], [k, 1], [block_w, block_k], plane_layout)
-    so, sx = out.stride(0), x2d.stride(0)
+    descs = (TmaArg(x2d, (m, k), (sx, 1), (block_t, block_k), _smem_layout((block_t, block_k), xdt)),
+             TmaArg(upper, (n, k), (k, 1), (block_w, block_k), plane_layout, torch.uint8),
+             TmaArg(lower, (n, k), (k, 1), (block_w, block_k), plane_layout))
+    so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
     num_warps = block_w // 16
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15,
             0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
             n & 15, k & 15, so & 15, sx & 15, n == 1)
     launch(
-        nested_fp16_rs_kernel, triton.cdiv(n, block_w) * triton.cdiv(m, block_t),
-        (x_desc, u_desc, l_desc, out, bias if bias is not None else out, mode, x2d, q, s, m, n, k, so, sx,
+        nested_fp16_rs_kernel, cdiv(n, block_w) * cdiv(m, block_t),
+        (*descs, out, bias if bias is not None else out, mode, x2d, q, s, m, n, k, so, sx,
          2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
              BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps),

@@ -1,12 +1,12 @@
-"""Host mirror of the NestedFP mode tensors, for eager large-M calls that pick one path on the host.
+"""Host mirror of the NestedFP mode tensors, for eager calls that pick one path on the host.
 
 A module of its own (no kernel imports) so that ``kernels.ops`` and ``kernels.triton_dispatch``
 both read it without importing each other: ``ops`` registers the dispatcher when it is imported.
 
 Invariant: code that flips a mode tensor goes through ``set_host_mode`` (vLLM's
 ``precision.set_mode`` does), never ``mode_tensor.fill_`` directly. The device tensor stays the
-source of truth: CUDA-graph replays, captured launches and small-M launches read only it. The
-mirror is read only by eager, uncaptured calls with M >= ``triton_dispatch.LARGE_M_THRESHOLD``.
+source of truth: CUDA-graph replays and captured launches read only it. The mirror is read only
+by eager, uncaptured calls (``triton_dispatch.HOST_PICK``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def set_host_mode(mode_tensor: torch.Tensor, mode: str) -> torch.Tensor:
     """Flip ``mode_tensor`` to ``mode`` on the device and in the host mirror; returns the tensor.
 
     The one way to flip a mode tensor (module docstring): a direct ``fill_`` would leave eager
-    large-M calls on the old mode while graphs and small-M calls use the new one.
+    calls on the old mode while CUDA graphs use the new one.
     """
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")

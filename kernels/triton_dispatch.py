@@ -1,26 +1,30 @@
-"""The CUDA implementation of ``nestedfp::linear``: both precisions' kernels, the mode picks on device.
+"""The CUDA implementation of ``nestedfp::linear``: both precisions' kernels, one mode tensor.
 
-At decode each call makes two launches: the FP16 GEMM, then the FP8 GEMM. Both read ``mode``
-first. In FP16 mode the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the
-activations per token for the FP8 GEMM instead of multiplying, so no launch is wasted there. At
-larger M the quantization gets its own launch (a program per row), as an idle launch costs
-microseconds there against hundreds.
-No host ever reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both
-modes, and flipping the tensor takes effect at the next replay. The price is one empty launch
-per linear in FP16 mode, measured by ``python -m kernels.bench``.
+Two ways to pick the precision:
+
+- **On the device** (captured into a CUDA graph, or a mode tensor without a host mirror): each call
+  makes two launches, the FP16 GEMM then the FP8 GEMM, and both read ``mode`` first. In FP16 mode
+  the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the activations per token
+  for the FP8 GEMM instead of multiplying, so no launch is wasted there (at larger M the
+  quantization gets its own program-per-row launch). No host ever reads the mode (no ``.item()``,
+  no sync), so a CUDA graph captured once serves both modes, and flipping the tensor takes effect
+  at the next replay. The price is one empty launch per linear in FP16 mode, measured by
+  ``python -m kernels.bench``.
+- **On the host** (``HOST_PICK``, every eager call whose mode tensor has a live host mirror,
+  ``kernels.mode_state.host_mode``, kept by ``set_host_mode`` / vLLM's ``precision.set_mode``): one
+  path runs. FP16: the FP16 GEMM alone; from ``LARGE_M_THRESHOLD`` up a merge pass into an N x K
+  temporary + cuBLAS (``F.linear``), faster there than the fused GEMM (docs/BENCHMARKS.md,
+  "Kernels v2"). FP8: the FP8 GEMM with its quantization; from ``LARGE_M_THRESHOLD`` up,
+  quantization + cuBLASLt's FP8 GEMM on the upper plane as stored (``kernels.cublaslt_fp8``)
+  where cuBLASLt takes the shape. Why: an eager call is enqueued by Python, and on the H200 box
+  that host work outlasted the GPU work of small-M calls (docs/BENCHMARKS.md, "Kernels v4");
+  skipping the idle launch and its buffers cuts it. vLLM runs decode batches in CUDA graphs
+  (device pick) and prefill chunks eagerly (host pick).
 
 From M = ``GLUON_MIN_M`` up, on Hopper with Gluon, the FP16 launch is the Gluon kernel of
 ``kernels.gluon_fp16`` (register-fed wgmma) wherever the H200 table measured it faster than the
 Triton kernel (docs/BENCHMARKS.md, "Kernels v3"); in FP8 mode it quantizes x for the FP8 GEMM,
 as the Triton kernel does. ``NESTEDFP_GLUON=0`` turns it off.
-
-Large M, eager only: when the call is not being captured into a CUDA graph and M >=
-``LARGE_M_THRESHOLD``, the mode comes from the host mirror (``kernels.mode_state.host_mode``, kept by
-``set_host_mode`` / vLLM's ``precision.set_mode``) and one path runs: FP16 = a merge pass into an
-N x K temporary + cuBLAS (``F.linear``), faster there than the fused GEMM (docs/BENCHMARKS.md,
-"Kernels v2"); FP8 = the FP8 GEMM alone. vLLM runs decode batches in CUDA graphs and prefill
-chunks eagerly, so prefill gets this while graphs keep the device-side pick. A mode tensor
-without a live mirror falls back to the device-side pick.
 """
 
 from __future__ import annotations
@@ -29,16 +33,17 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
 
-from kernels import gluon_fp16
+from kernels import cublaslt_fp8, gluon_fp16
+from kernels.fast_launch import cdiv
 from kernels.mode_state import host_mode
 from kernels.triton_fp8 import _check_operands, nested_fp8_gemm
 from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.triton_merge import merge_weight
 from kernels.tuning import GluonTile, get_config, gluon_tile
 
-LARGE_M_THRESHOLD = 1024  # eager calls with M >= this pick the path on the host (module docstring)
+HOST_PICK = True  # eager calls with a host mirror pick the precision on the host (module docstring)
+LARGE_M_THRESHOLD = 1024  # host pick from this M up: merge + cuBLAS (FP16), cuBLASLt (FP8)
 GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M = 16 it was faster on only 2 of 8 shapes)
 USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
 
@@ -65,39 +70,51 @@ def nested_linear_cuda(
 
     ``x``: [..., K] float16 or bfloat16 (output in x's dtype); ``upper``/``lower``: [N, K];
     ``mode``: one-element int32 tensor on x's device. Also runs on CPU tensors under
-    ``TRITON_INTERPRET=1`` (the CPU tests). Eager calls with M >= ``LARGE_M_THRESHOLD`` take the
-    mode from its host mirror instead (module docstring); flip modes with ``set_host_mode``.
+    ``TRITON_INTERPRET=1`` (the CPU tests). Eager calls take the mode from its host mirror
+    (module docstring), so flip modes with ``set_host_mode``, never by writing the tensor.
     """
     k = x.shape[-1]
     n = upper.shape[0]
-    x2d = x.reshape(-1, k)
+    x2d = x if x.dim() == 2 else x.reshape(-1, k)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
-    _check_operands(x2d, upper, lower)
-    m = x2d.shape[0]
-    name = None
-    if m >= LARGE_M_THRESHOLD and not (x2d.is_cuda and torch.cuda.is_current_stream_capturing()):
-        name = host_mode(mode)
-        if name == "fp16":  # exactly the reference: F.linear on the merged weight
-            return F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias).reshape(*x.shape[:-1], n)
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    m = _check_operands(x2d, upper, lower)[0]
+    eager = not (x2d.is_cuda and torch.cuda.is_current_stream_capturing())
+    name = host_mode(mode) if HOST_PICK and eager else None
+    out = None
+    if name == "fp16" and m >= LARGE_M_THRESHOLD:  # exactly the reference: F.linear on the merged weight
+        out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
+    elif name == "fp8" and m >= LARGE_M_THRESHOLD and cublaslt_fp8.usable(x2d, upper):
+        out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias)  # None if torch refused
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        if m:
+            _launch(x2d, upper, lower, mode, scale_exp, bias, out, name)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor, scale_exp: int,
+            bias: torch.Tensor | None, out: torch.Tensor, name: str | None) -> None:
+    """The Triton/Gluon launches into ``out``: one precision's (``name``) or both (None: device pick)."""
+    m, k = x2d.shape
+    n = upper.shape[0]
+    cfg8 = get_config("fp8", n, k, m)
     if name == "fp8":
-        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", n, k, m), True, None)
-    elif m:
-        cfg8 = get_config("fp8", n, k, m)
-        tile = use_gluon(x2d, upper, lower)
-        cfg16 = None if tile else get_config("fp16", n, k, m)
-        programs = (triton.cdiv(n, tile[0]) * triton.cdiv(m, tile[1]) if tile
-                    else triton.cdiv(n, cfg16.block_n) * triton.cdiv(m, cfg16.block_m))
-        quant = None
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, None)
+        return
+    tile = use_gluon(x2d, upper, lower)
+    cfg16 = None if tile else get_config("fp16", n, k, m)
+    quant = None
+    if name is None:
+        programs = cdiv(n, tile[0]) * cdiv(m, tile[1]) if tile else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
         if not cfg8.fused_quant and 2 * programs >= m:
-            quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device),
-                     torch.empty((m,), dtype=torch.float32, device=x.device))
-        if tile:
-            gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
-        else:
-            nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
+            quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
+                     torch.empty((m,), dtype=torch.float32, device=x2d.device))
+    if tile:
+        gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
+    else:
+        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
+    if name is None:
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
-    return out.reshape(*x.shape[:-1], n)

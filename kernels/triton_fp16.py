@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_fp8 import launch, prepare, quantize_rows, tile_ids
+from kernels.fast_launch import cdiv, launch
+from kernels.triton_fp8 import prepare, quantize_rows, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 # Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
@@ -143,7 +144,7 @@ def nested_fp16_gemm(
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, x2d.data_ptr() & 15, out.data_ptr() & 15,
             upper.data_ptr() & 15, lower.data_ptr() & 15, n & 15, k & 15, sx & 15, so & 15, n == 1, k == 1)
     launch(
-        nested_fp16_kernel, triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),
+        nested_fp16_kernel, cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m),
         (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda, QUANT=quant_out is not None,
              BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group, SWAP_AB=cfg.swap_ab),

@@ -11,7 +11,7 @@ makes two launches in either mode; standalone, ``act_quant`` launches it on its 
 tile table, fused into this GEMM (``fused_quant``: each program quantizes its token rows itself,
 which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s.
 
-Also here: the launch helper and tile order both GEMMs share.
+Also here: the operand checks and tile order both GEMMs share.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.fast_launch import cdiv, launch
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
 from kernels.tuning import TileConfig, get_config
 
@@ -29,6 +30,7 @@ FP8_MAX = tl.constexpr(448.0)
 # is a true division. The kernels match the reference of the device they run on.
 FP8_MAX_RCP = tl.constexpr(float(torch.tensor(1.0 / 448.0, dtype=torch.float32)))
 MIN_ACT_SCALE = tl.constexpr(1e-12)  # kernels.reference._MIN_ACT_SCALE
+ONE_PASS_MAX_K = 8192  # act_quant holds rows up to this long in registers (16 warps x 16 values a thread)
 
 
 def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
@@ -50,36 +52,6 @@ def prepare(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, out: to
     if out is None:
         out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
     return m, n, k, out
-
-
-_LAUNCHERS: dict = {}
-
-
-def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_stages: int, spec: tuple) -> None:
-    """``kernel[(grid,)](*args, **consts)`` without JITFunction.run's argument binding on every call.
-
-    ``spec``: what Triton specializes on that ``consts`` do not say (dtypes, 16-byte alignment of
-    pointers, divisibility of ints), computed cheaply by the caller. The first launch per key goes
-    through Triton (compiling if needed); later ones call the compiled kernel's launcher directly.
-    At decode the op's launches would otherwise take longer on the host than on the GPU. Falls back
-    to the ordinary launch under the interpreter, when a launch hook (profiler) is set, or where the
-    compiled kernel's interface is not the expected one (another Triton version).
-    """
-    key = (id(kernel), num_warps, num_stages, spec, *consts.values())
-    hit = _LAUNCHERS.get(key)
-    rt = triton.knobs.runtime  # hooks: None, or (Triton 3.6) HookChains, empty unless profiling
-    if hit is not None and not any(getattr(h, "calls", h is not None) for h in (rt.launch_enter_hook, rt.launch_exit_hook)):
-        ck, device, tail = hit
-        stream = triton.runtime.driver.active.get_current_stream(device)
-        ck.run(grid, 1, 1, stream, ck.function, ck.packed_metadata, None, None, None, *args, *tail)
-        return
-    ck = kernel[(grid,)](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-    names = getattr(kernel, "arg_names", None)
-    first = getattr(args[0], "base", args[0])  # a Gluon kernel's first argument is a TMA descriptor
-    if all(hasattr(ck, a) for a in ("run", "function", "packed_metadata")) and names and first.is_cuda:
-        # Our kernels declare every run-time argument before the constexprs, as the launcher takes them.
-        assert sorted(consts) == sorted(names[len(args):])
-        _LAUNCHERS[key] = (ck, first.device.index, tuple(consts[n] for n in names[len(args):]))
 
 
 @triton.jit
@@ -142,21 +114,28 @@ def div_by_scale(x, s, r, INTERPRET: tl.constexpr):
 
 @triton.jit
 def quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, INTERPRET: tl.constexpr):
-    """Per-token E4M3 quantization, rows pid, pid + nprog, ...: an absmax pass (rows stay in L2)
-    and a quantizing pass over each row. Exact division: these passes are memory-bound."""
+    """Per-token E4M3 quantization, rows pid, pid + nprog, ...: a row that fits in QBLOCK is read
+    once and quantized from registers; a longer one takes an absmax pass (the row stays in L2) and
+    a quantizing pass. Exact division: these passes are memory-bound."""
     offs = tl.arange(0, QBLOCK)
     for row in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=1):
         row64 = tl.cast(row, tl.int64)
         x_row = x_ptr + row64 * stride_xm
-        amax = tl.zeros((QBLOCK,), dtype=tl.float32)
-        for k0 in tl.range(0, K, QBLOCK, num_stages=1):
-            xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(xk))
-        scale = act_scale(tl.max(amax, axis=0), INTERPRET)
-        for k0 in tl.range(0, K, QBLOCK, num_stages=1):
-            xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        if K <= QBLOCK:
+            xk = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+            scale = act_scale(tl.max(tl.abs(xk), axis=0), INTERPRET)
             q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
-            tl.store(q_ptr + row64 * K + k0 + offs, to_e4m3(q, INTERPRET), mask=k0 + offs < K)
+            tl.store(q_ptr + row64 * K + offs, to_e4m3(q, INTERPRET), mask=offs < K)
+        else:
+            amax = tl.zeros((QBLOCK,), dtype=tl.float32)
+            for k0 in tl.range(0, K, QBLOCK, num_stages=1):
+                xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.abs(xk))
+            scale = act_scale(tl.max(amax, axis=0), INTERPRET)
+            for k0 in tl.range(0, K, QBLOCK, num_stages=1):
+                xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+                q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
+                tl.store(q_ptr + row64 * K + k0 + offs, to_e4m3(q, INTERPRET), mask=k0 + offs < K)
         tl.store(s_ptr + row, scale)
 
 
@@ -220,14 +199,18 @@ def nested_fp8_kernel(
 
 
 def act_quant(x2d: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``."""
+    """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``.
+
+    A program per row; rows of up to ``ONE_PASS_MAX_K`` are read from memory once (held in registers).
+    """
     m, k = x2d.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
     s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     if m:
         sx = x2d.stride(0)
-        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx), dict(QBLOCK=1024, INTERPRET=not x2d.is_cuda),
-               4, 1, (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1))
+        qblock = max(1024, 1 << (k - 1).bit_length()) if k <= ONE_PASS_MAX_K else 1024
+        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx), dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda),
+               max(4, min(16, qblock // 512)), 1, (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1))
     return q, s
 
 
@@ -260,7 +243,7 @@ def nested_fp8_gemm(
     spec = (xq.dtype, xs.dtype, out.dtype, None if bias is None else bias.dtype, xq.data_ptr() & 15,
             out.data_ptr() & 15, upper.data_ptr() & 15, n & 15, k & 15, stride & 15, so & 15, n == 1, k == 1)
     launch(
-        nested_fp8_kernel, triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m),
+        nested_fp8_kernel, cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m),
         (xq, xs, upper, bias if bias is not None else out, out, mode,
          m, n, k, stride, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
         dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=fused,

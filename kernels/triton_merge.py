@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_fp8 import launch
+from kernels.fast_launch import cdiv, launch
 from kernels.triton_fp16 import merge_planes
 
 MERGE_BLOCK = 4096  # weights per program: 32 per thread at 4 warps, 16-byte loads of each plane
@@ -60,6 +60,6 @@ def merge_weight(
     numel = upper.numel()
     if numel:
         spec = (out.dtype, upper.data_ptr() & 15, lower.data_ptr() & 15, out.data_ptr() & 15, numel & 15, numel == 1)
-        launch(merge_kernel, triton.cdiv(numel, MERGE_BLOCK), (upper, lower, out, numel, 2.0**scale_exp),
+        launch(merge_kernel, cdiv(numel, MERGE_BLOCK), (upper, lower, out, numel, 2.0**scale_exp),
                dict(HAS_SCALE=scale_exp != 0, USE_ASM=upper.is_cuda, BLOCK=MERGE_BLOCK), MERGE_WARPS, 1, spec)
     return out

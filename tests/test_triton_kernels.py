@@ -133,9 +133,11 @@ def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
     assert _rel(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
-def test_act_quant_kernel_equals_quantize_per_token():
-    """One pass per row: the same scales and the same E4M3 codes (round-to-nearest-even) as torch."""
-    x = torch.randn(5, 300).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half()[:, None]
+@pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40])
+def test_act_quant_kernel_equals_quantize_per_token(k):
+    """Rows held in registers (one read) or two passes (longer rows): the same scales and the same
+    E4M3 codes (round-to-nearest-even) as torch."""
+    x = torch.randn(5, k).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half()[:, None]
     q, s = tfp8.act_quant(x, new_mode_tensor("cpu", "fp8"))
     rq, rs = quantize_per_token(x)
     assert torch.equal(s, rs.flatten())
@@ -166,10 +168,11 @@ def test_dispatch_handles_batch_dims_bias_and_bf16(mode, dtype):
 
 
 def test_mode_tensor_selects_the_path_at_run_time():
-    """Each kernel reads the mode itself: the one not selected leaves its output untouched."""
+    """Each kernel reads the mode itself: the one not selected leaves its output untouched. (A mode
+    tensor without a host mirror, written directly: the device-side pick, as in a CUDA graph.)"""
     nw = _weights(48, 72)
     x = torch.randn(7, 72).half()
-    mode = new_mode_tensor("cpu", "fp16")
+    mode = torch.zeros(1, dtype=torch.int32)
     cfg16, cfg8 = SMALL_FP16[0], SMALL_FP8[0]
     for code, name in ((0, "fp16"), (1, "fp8"), (0, "fp16")):
         mode.fill_(code)
@@ -251,7 +254,8 @@ def test_host_mode_mirror_follows_set_host_mode_only_while_the_tensor_lives():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_large_m_path_follows_the_mode_flipped_through_set_host_mode(monkeypatch, bias):
-    """Eager M >= threshold: merge + F.linear in fp16 (= the reference exactly), FP8 GEMM alone in fp8."""
+    """Eager M >= threshold: merge + F.linear in fp16 (= the reference exactly), FP8 GEMM alone in fp8
+    (cuBLASLt is GPU-only: tests/test_host_fast_paths.py)."""
     monkeypatch.setattr(dispatch, "LARGE_M_THRESHOLD", 8)
     calls = []
     real16 = dispatch.nested_fp16_gemm
@@ -274,6 +278,25 @@ def test_large_m_path_follows_the_mode_flipped_through_set_host_mode(monkeypatch
     unregistered = torch.ones(1, dtype=torch.int32)  # no mirror: the device-side pick, both launches
     y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, unregistered, nw.scale_exp, b)
     assert calls == ["fused16", "fused16"] and _rel(y, nested_linear(x, nw, "fp8", b)) < FP8_TOL
+
+
+@pytest.mark.parametrize("host_pick", [True, False])
+def test_eager_calls_with_a_mirror_launch_only_the_mirrored_precision(monkeypatch, host_pick):
+    """Host pick: one precision's launches per eager call; device pick: both kernels, each reads the mode."""
+    monkeypatch.setattr(dispatch, "HOST_PICK", host_pick)
+    calls = []
+    for fn in ("nested_fp16_gemm", "nested_fp8_gemm"):
+        real = getattr(dispatch, fn)
+        monkeypatch.setattr(dispatch, fn, lambda *a, _f=fn, _r=real, **kw: calls.append(_f) or _r(*a, **kw))
+    nw = _weights(40, 72)
+    x = torch.randn(5, 72).half()
+    mode = new_mode_tensor("cpu", "fp16")
+    for name, only in (("fp16", "nested_fp16_gemm"), ("fp8", "nested_fp8_gemm"), ("fp16", "nested_fp16_gemm")):
+        set_host_mode(mode, name)
+        calls.clear()
+        y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp)
+        assert calls == ([only] if host_pick else ["nested_fp16_gemm", "nested_fp8_gemm"]), name
+        assert _rel(y, nested_linear(x, nw, name)) < (FP16_TOL if name == "fp16" else FP8_TOL)
 
 
 def test_cuda_impl_registers_whichever_module_is_imported_first():

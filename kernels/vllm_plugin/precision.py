@@ -20,8 +20,8 @@ def mode_tensor(device: torch.device | str) -> torch.Tensor:
 def set_mode(mode: str) -> None:
     """Flip every mode tensor in place: graphs and compiled code see it on their next run.
 
-    Goes through ``kernels.ops.set_host_mode`` so the host mirror that eager large-M (prefill)
-    calls read stays in step with the device tensor.
+    Goes through ``kernels.ops.set_host_mode`` so the host mirror that eager (uncaptured, e.g.
+    prefill) calls read stays in step with the device tensor.
     """
     if mode not in MODE_CODES:
         raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")

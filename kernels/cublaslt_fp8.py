@@ -1,0 +1,66 @@
+"""NestedFP8 on cuBLASLt, for eager large-M calls whose mode the host knows.
+
+The upper plane already is an E4M3 weight in the layout cuBLASLt's FP8 GEMM wants (N x K
+row-major = K x N column-major), with the fixed weight scale 2**(-8 + scale_exp) as its row-wise
+scale. So at large M in FP8 mode the op quantizes x per token (``triton_fp8.act_quant``) and
+calls ``torch._scaled_mm`` on the plane as stored: no copy, no second weight. Why: from M = 1024
+up cuBLASLt's FP8 GEMM is faster than the Triton FP8 kernel on the H200 (docs/BENCHMARKS.md,
+"Kernels v4", both timed in one run). It cannot read a device-side mode, so CUDA graphs keep the
+Triton kernels. ``NESTEDFP_CUBLASLT_FP8=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
+from kernels.triton_fp8 import act_quant
+
+USE_CUBLASLT_FP8 = os.environ.get("NESTEDFP_CUBLASLT_FP8", "1") != "0"
+_weight_scales: dict[tuple, torch.Tensor] = {}  # (device, N, scale_exp) -> [1, N] fp32
+_refused: set[tuple] = set()  # (dtype, N, K, M % 16) that torch refused once
+
+
+@functools.cache
+def _fp8_gpu(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def _shape_class(x2d: torch.Tensor, upper: torch.Tensor) -> tuple:
+    return (x2d.dtype, *upper.shape, x2d.shape[0] % 16)
+
+
+def usable(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
+    """cuBLASLt FP8 for this call: an sm_89+ GPU, N and K multiples of 16, not refused before."""
+    n, k = upper.shape
+    return (USE_CUBLASLT_FP8 and x2d.is_cuda and n % 16 == 0 and k % 16 == 0 and _fp8_gpu(x2d.device.index or 0)
+            and _shape_class(x2d, upper) not in _refused)
+
+
+def _weight_scale(upper: torch.Tensor, scale_exp: int) -> torch.Tensor:
+    key = (upper.device, upper.shape[0], scale_exp)
+    ws = _weight_scales.get(key)
+    if ws is None:
+        ws = _weight_scales[key] = torch.full((1, upper.shape[0]), 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp),
+                                              dtype=torch.float32, device=upper.device)
+    return ws
+
+
+def nested_fp8_scaled_mm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
+                         bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """FP8-mode ``y = q(x) @ upper.T * (s_x * 2**(-8 + scale_exp)) + bias`` on cuBLASLt, in x's dtype.
+
+    ``mode`` must hold FP8 (the quantization reads it). None if torch refuses the call (the
+    caller then runs the Triton kernel); that shape class is not tried again.
+    """
+    q, s = act_quant(x2d, mode)
+    try:
+        y = torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=_weight_scale(upper, scale_exp),
+                             out_dtype=x2d.dtype)
+    except RuntimeError:
+        _refused.add(_shape_class(x2d, upper))
+        return None
+    return y if bias is None else y.add_(bias)
