@@ -305,3 +305,22 @@ def test_cuda_impl_registers_whichever_module_is_imported_first():
     code = ("from kernels import triton_dispatch; import kernels.ops, torch; "
             "assert torch._C._dispatch_has_kernel_for_dispatch_key('nestedfp::linear', 'CUDA')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_warm_up_runs_every_boundary_m_in_both_modes_and_both_picks_once(monkeypatch):
+    """The warm-up launches what serving would (host pick and device pick, fp16 and fp8), on its
+    own mode tensor, once per shape."""
+    from kernels import warmup
+
+    monkeypatch.setattr(warmup, "_warmed", set())
+    seen = []
+    real = dispatch.nested_linear_picked
+    monkeypatch.setattr(dispatch, "nested_linear_picked",
+                        lambda x, u, lo, mode, se, b, hp: seen.append((x.shape[0], host_mode(mode), hp))
+                        or real(x, u, lo, mode, se, b, hp))
+    nw = _weights(24, 48)
+    assert warmup.warm_ms(20) == [1, 16, 17, 20]
+    assert warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20)
+    expected = [(m, md, hp) for m in (1, 16, 17, 20) for md in ("fp16", "fp8") for hp in (True, False)]
+    assert sorted(seen) == sorted(expected)
+    assert not warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20), "once per shape"

@@ -21,6 +21,7 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from kernels.nested_format import NestedRangeError, nested_split
 from kernels.vllm_plugin.precision import mode_tensor
+from kernels.warmup import warm_layer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,16 @@ class NestedFPConfig(QuantizationConfig):
         if isinstance(layer, LinearBase):
             return NestedFPLinearMethod(prefix)
         return None
+
+
+def _max_step_tokens() -> int:
+    """The most tokens one engine step carries (the warm-up's largest M); 8192 if vLLM does not say."""
+    try:
+        from vllm.config import get_current_vllm_config
+
+        return int(get_current_vllm_config().scheduler_config.max_num_batched_tokens)
+    except Exception:  # noqa: BLE001 - no current config (e.g. a layer built outside an engine)
+        return 8192
 
 
 class NestedFPLinearMethod(LinearMethodBase):
@@ -104,6 +115,11 @@ class NestedFPLinearMethod(LinearMethodBase):
         layer.register_buffer("nestedfp_mode", mode_tensor(nw.upper.device), persistent=False)
         if nw.scale_exp:
             logger.info("nestedfp: %s nested with pre-scale 2**-%d", self.prefix, nw.scale_exp)
+        if nw.upper.is_cuda:  # compile the op's kernels for this shape now, not under load
+            try:
+                warm_layer(nw.upper, nw.lower, nw.scale_exp, getattr(layer, "bias", None), _max_step_tokens())
+            except Exception:  # noqa: BLE001 - a failed warm-up only moves compiles to serving time
+                logger.warning("nestedfp: kernel warm-up failed for %s", self.prefix, exc_info=True)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not layer.nestedfp_nested:
