@@ -105,7 +105,7 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     """The Triton/Gluon launches into ``out``: one precision's (``name``) or both (None: device pick)."""
     m, k = x2d.shape
     n = upper.shape[0]
-    cfg8 = get_config("fp8", n, k, m)
+    cfg8 = None if name == "fp16" else get_config("fp8", n, k, m)
     if name == "fp8":
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, None)
         return

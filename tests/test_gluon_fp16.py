@@ -14,6 +14,7 @@ import torch
 
 from kernels import gluon_fp16 as G
 from kernels import nested_linear, nested_split, triton_dispatch, tuning
+from tests.kernel_helpers import rel_err
 
 
 def _hopper_with_gluon() -> str | None:
@@ -39,11 +40,6 @@ def _weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
     w = (torch.randn(n, k, device=device) * (amax / 4)).clamp(-amax, amax)
     w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
     return nested_split(w.half())
-
-
-def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(y).all(), "NaN/inf in the output: an unwritten (poisoned) tile"
-    return float((y.double() - ref.double()).norm() / ref.double().norm())
 
 
 def test_config_checks_refuse_tiles_that_cannot_fit():
@@ -107,7 +103,7 @@ def test_matches_reference_at_fp16_gemm_error(m, n, k, tile):
     x = torch.randn(m, k, device="cuda").half()
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
     G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, out=out, tile=tile)
-    assert _rel(out, nested_linear(x, nw, "fp16")) < 2e-3
+    assert rel_err(out, nested_linear(x, nw, "fp16")) < 2e-3
 
 
 @needs_hopper
@@ -122,7 +118,7 @@ def test_bias_prescale_and_bf16(dtype):
     bias = torch.randn(n, device="cuda").to(dtype)
     y = G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, bias)
     assert y.dtype == dtype
-    assert _rel(y, nested_linear(x, nw, "fp16", bias)) < (8e-3 if dtype == torch.bfloat16 else 2e-3)
+    assert rel_err(y, nested_linear(x, nw, "fp16", bias)) < (8e-3 if dtype == torch.bfloat16 else 2e-3)
 
 
 @needs_hopper
@@ -165,4 +161,4 @@ def test_op_takes_the_gluon_kernel_from_gluon_min_m_and_matches_both_modes(mode)
     x = torch.randn(m, k, device="cuda").half()
     assert triton_dispatch.use_gluon(x, nw.upper, nw.lower)
     y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cuda", mode), nw.scale_exp)
-    assert _rel(y, nested_linear(x, nw, mode)) < (2e-3 if mode == "fp16" else 5e-3)
+    assert rel_err(y, nested_linear(x, nw, mode)) < (2e-3 if mode == "fp16" else 5e-3)

@@ -16,17 +16,13 @@ import triton
 
 from kernels import cublaslt_fp8, fast_launch, gluon_fp16, nested_linear, nested_split, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
+from tests.kernel_helpers import rel_err
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _weights(n: int, k: int, device: str = "cuda"):
     return nested_split((torch.randn(n, k, device=device) * 0.05).half())
-
-
-def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(y).all()
-    return float((y.double() - ref.double()).norm() / ref.double().norm())
 
 
 def test_cdiv_matches_triton_cdiv():
@@ -58,7 +54,7 @@ def test_direct_launches_give_the_bits_of_tritons_launch_path(m):
             assert fast_launch._DIRECT, "the first launch records a direct launcher"
             again = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)  # direct
         assert torch.equal(first, again), name
-        assert _rel(again, nested_linear(x, nw, name)) < 5e-3
+        assert rel_err(again, nested_linear(x, nw, name)) < 5e-3
 
 
 @needs_cuda
@@ -91,7 +87,7 @@ def test_large_m_fp8_runs_cublaslt_on_the_upper_plane(dtype):
     with mock.patch.object(cublaslt_fp8, "nested_fp8_scaled_mm", wraps=cublaslt_fp8.nested_fp8_scaled_mm) as spy:
         y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0, bias)
     assert spy.call_count == 1 and y.dtype == dtype
-    assert _rel(y, nested_linear(x, nw, "fp8", bias)) < 5e-3
+    assert rel_err(y, nested_linear(x, nw, "fp8", bias)) < 5e-3
 
 
 @needs_cuda
@@ -104,4 +100,4 @@ def test_large_m_fp8_falls_back_to_triton_where_cublaslt_cannot_take_the_shape()
     with mock.patch.object(cublaslt_fp8, "nested_fp8_scaled_mm") as spy:
         y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
     assert spy.call_count == 0
-    assert _rel(y, nested_linear(x, nw, "fp8")) < 5e-3
+    assert rel_err(y, nested_linear(x, nw, "fp8")) < 5e-3

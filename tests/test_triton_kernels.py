@@ -47,6 +47,7 @@ tuning, tfp16, tfp8, tmerge, dispatch = _interpreted_modules()
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
 from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
 from kernels.reference import quantize_per_token  # noqa: E402
+from tests.kernel_helpers import rel_err  # noqa: E402
 
 TileConfig = tuning.TileConfig
 FP16_TOL = 2e-3  # an fp16 GEMM with fp32 accumulation lands near 5e-4 (output rounding)
@@ -62,11 +63,6 @@ SMALL_FP8 = [
     TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=1, fused_quant=True),
 ]
 SHAPES = [(1, 48, 80), (7, 96, 136), (33, 72, 200)]  # (M, N, K): none a multiple of the tiles
-
-
-def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(y).all(), "NaN/inf in the output: an unwritten (poisoned) tile"
-    return float((y.double() - ref.double()).norm() / ref.double().norm())
 
 
 def _weights(n: int, k: int, amax: float = 0.5) -> NestedWeight:
@@ -119,8 +115,8 @@ def test_fp16_kernel_matches_reference_at_fp16_gemm_error(m, n, k, cfg):
                                  out=_poisoned(m, n), config=cfg)
     ref = nested_linear(x, nw, "fp16")
     exact = x.double() @ nested_merge(nw).double().t()
-    assert _rel(out, ref) < FP16_TOL
-    assert _rel(out, exact) < FP16_TOL
+    assert rel_err(out, ref) < FP16_TOL
+    assert rel_err(out, exact) < FP16_TOL
 
 
 @pytest.mark.parametrize("cfg", SMALL_FP8, ids=["act_quant_kernel", "fused_quant"])
@@ -130,7 +126,7 @@ def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
     x = torch.randn(m, k).half() * 3
     out = tfp8.nested_fp8_gemm(x, nw.upper, new_mode_tensor("cpu", "fp8"), nw.scale_exp,
                                out=_poisoned(m, n), config=cfg)
-    assert _rel(out, nested_linear(x, nw, "fp8")) < FP8_TOL
+    assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
 @pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40])
@@ -150,7 +146,7 @@ def test_prescaled_layer_multiplies_output_by_two_to_scale_exp(mode):
     assert nw.scale_exp > 0
     x = torch.randn(7, 96).half()
     y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cpu", mode), nw.scale_exp)
-    assert _rel(y, nested_linear(x, nw, mode)) < (FP16_TOL if mode == "fp16" else FP8_TOL)
+    assert rel_err(y, nested_linear(x, nw, mode)) < (FP16_TOL if mode == "fp16" else FP8_TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -164,7 +160,7 @@ def test_dispatch_handles_batch_dims_bias_and_bf16(mode, dtype):
     y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cpu", mode), nw.scale_exp, bias)
     assert y.shape == (2, 5, 56) and y.dtype == dtype
     ref = nested_linear(x, nw, mode, bias)
-    assert _rel(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
 def test_mode_tensor_selects_the_path_at_run_time():
@@ -180,10 +176,10 @@ def test_mode_tensor_selects_the_path_at_run_time():
         out8 = tfp8.nested_fp8_gemm(x, nw.upper, mode, 0, out=_poisoned(7, 48), config=cfg8)
         ran, idle = (out16, out8) if name == "fp16" else (out8, out16)
         assert torch.isnan(idle).all(), f"the {name}-mode launch wrote through the other kernel"
-        assert _rel(ran, nested_linear(x, nw, name)) < 2e-3
+        assert rel_err(ran, nested_linear(x, nw, name)) < 2e-3
         y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)  # its own tiles: another sum order
-        assert _rel(y, ran) < 1e-3
-    diff = _rel(dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode.fill_(1), 0), nested_linear(x, nw, "fp16"))
+        assert rel_err(y, ran) < 1e-3
+    diff = rel_err(dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode.fill_(1), 0), nested_linear(x, nw, "fp16"))
     assert diff > 1e-2, "fp8 mode should differ from fp16 by the quantization error"
 
 
@@ -271,13 +267,13 @@ def test_large_m_path_follows_the_mode_flipped_through_set_host_mode(monkeypatch
         if name == "fp16":
             assert torch.equal(y, ref)
         else:
-            assert _rel(y, ref) < FP8_TOL
+            assert rel_err(y, ref) < FP8_TOL
     assert calls == [], "the large-M path launched the fused FP16 kernel"
     small = dispatch.nested_linear_cuda(x[:7], nw.upper, nw.lower, mode, nw.scale_exp, b)  # below: unchanged
-    assert calls == ["fused16"] and _rel(small, nested_linear(x[:7], nw, "fp16", b)) < FP16_TOL
+    assert calls == ["fused16"] and rel_err(small, nested_linear(x[:7], nw, "fp16", b)) < FP16_TOL
     unregistered = torch.ones(1, dtype=torch.int32)  # no mirror: the device-side pick, both launches
     y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, unregistered, nw.scale_exp, b)
-    assert calls == ["fused16", "fused16"] and _rel(y, nested_linear(x, nw, "fp8", b)) < FP8_TOL
+    assert calls == ["fused16", "fused16"] and rel_err(y, nested_linear(x, nw, "fp8", b)) < FP8_TOL
 
 
 @pytest.mark.parametrize("host_pick", [True, False])
@@ -296,7 +292,7 @@ def test_eager_calls_with_a_mirror_launch_only_the_mirrored_precision(monkeypatc
         calls.clear()
         y = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp)
         assert calls == ([only] if host_pick else ["nested_fp16_gemm", "nested_fp8_gemm"]), name
-        assert _rel(y, nested_linear(x, nw, name)) < (FP16_TOL if name == "fp16" else FP8_TOL)
+        assert rel_err(y, nested_linear(x, nw, name)) < (FP16_TOL if name == "fp16" else FP8_TOL)
 
 
 def test_cuda_impl_registers_whichever_module_is_imported_first():
