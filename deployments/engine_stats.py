@@ -8,6 +8,8 @@ sliding window that the replica reads when it reports to the controller.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
@@ -93,11 +95,29 @@ def request_tpot(finished: Any) -> float | None:
     return finished.mean_time_per_output_token if finished.num_generation_tokens >= 2 else None
 
 
+class StepLog:
+    """One JSON line per engine step, for finding stalls after a load test (``NESTEDFP_STEP_LOG``).
+
+    Off unless the variable names a file. Wall-clock times line up with the load report's switch log.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._f = open(path, "a", buffering=1)  # line-buffered: a killed replica keeps what it wrote
+
+    def write(self, running: int, waiting: int, prompt_tokens: int, gen_tokens: int, itls: list[float]) -> None:
+        self._f.write(json.dumps({
+            "t": round(time.time(), 4), "running": running, "waiting": waiting, "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens, "itl_max": round(max(itls), 5) if itls else None,
+        }) + "\n")
+
+
 class PolicySignalsStatLogger(StatLoggerBase):
     """Feeds ``WINDOW`` from every engine step; registered as a vLLM stat-logger plugin."""
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
         WINDOW.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        path = os.environ.get("NESTEDFP_STEP_LOG")
+        self.step_log = StepLog(path) if path else None
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0, **_: Any) -> None:
         if scheduler_stats is None and iteration_stats is None:
@@ -108,14 +128,16 @@ class PolicySignalsStatLogger(StatLoggerBase):
             )
         else:
             running, waiting, kv = WINDOW.latest()
-        tokens, ttfts, itls, req_tpots = 0, [], [], []
+        prompt, gen, ttfts, itls, req_tpots = 0, 0, [], [], []
         if iteration_stats is not None:
-            tokens = iteration_stats.num_generation_tokens + iteration_stats.num_prompt_tokens
+            prompt, gen = iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens
             ttfts = iteration_stats.time_to_first_tokens_iter
             itls = iteration_stats.inter_token_latencies_iter
             req_tpots = [request_tpot(r) for r in getattr(iteration_stats, "finished_requests", ())]
             req_tpots = [t for t in req_tpots if t is not None]
-        WINDOW.record(running, waiting, kv, tokens, ttfts, itls, req_tpots)
+        WINDOW.record(running, waiting, kv, prompt + gen, ttfts, itls, req_tpots)
+        if self.step_log is not None:
+            self.step_log.write(running, waiting, prompt, gen, itls)
 
     def log_engine_initialized(self) -> None:
         pass

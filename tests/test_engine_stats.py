@@ -62,3 +62,24 @@ def test_request_tpot_comes_from_finished_requests_not_from_step_latencies(monke
 def test_request_tpot_needs_two_output_tokens():
     assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=1, mean_time_per_output_token=0.0)) is None
     assert engine_stats.request_tpot(SimpleNamespace(num_generation_tokens=5, mean_time_per_output_token=0.1)) == 0.1
+
+
+def test_step_log_writes_one_line_per_step_only_when_asked(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(engine_stats, "WINDOW", EngineStatsWindow(window_s=60))
+    cfg = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=2048))
+    it = SimpleNamespace(num_generation_tokens=3, num_prompt_tokens=1000, time_to_first_tokens_iter=[],
+                         inter_token_latencies_iter=[0.01, 0.04, 0.02])
+    sched = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=9, kv_cache_usage=0.1)
+    monkeypatch.delenv("NESTEDFP_STEP_LOG", raising=False)
+    assert PolicySignalsStatLogger(cfg).step_log is None
+    path = tmp_path / "steps.jsonl"
+    monkeypatch.setenv("NESTEDFP_STEP_LOG", str(path))
+    logger = PolicySignalsStatLogger(cfg)
+    logger.record(sched, it)
+    logger.record(None, it)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["prompt_tokens"] == 1000 and lines[0]["gen_tokens"] == 3 and lines[0]["itl_max"] == 0.04
+    assert (lines[1]["running"], lines[1]["waiting"]) == (3, 9) and lines[1]["t"] >= lines[0]["t"]

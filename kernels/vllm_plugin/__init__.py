@@ -7,11 +7,26 @@ and worker processes all know the method. Engine arguments for switching::
     llm.collective_rpc("set_precision", args=("fp8",))
 """
 
+import logging
+
 WORKER_EXTENSION = "kernels.vllm_plugin.worker_extension.PrecisionWorkerExtension"
 QUANTIZATION = "nestedfp"
 
 
+def _log_like_vllm() -> None:
+    """Send this package's INFO lines (kernel warm-up time, pre-scaled layers) where vLLM's own go;
+    otherwise Python's default WARNING level hides them in vLLM's processes."""
+    ours, theirs = logging.getLogger("kernels"), logging.getLogger("vllm")
+    if ours.handlers or not theirs.handlers:
+        return
+    for h in theirs.handlers:
+        ours.addHandler(h)
+    ours.setLevel(theirs.level)
+    ours.propagate = False
+
+
 def register() -> None:
     """Entry point: register the quantization config (idempotent) and the custom op."""
+    _log_like_vllm()
     import kernels.ops  # noqa: F401  (defines torch.ops.nestedfp.linear)
     import kernels.vllm_plugin.nestedfp_method  # noqa: F401  (registers "nestedfp")

@@ -1,0 +1,83 @@
+"""Engine stalls during a load test: gaps between engine-step records (``NESTEDFP_STEP_LOG``).
+
+Why: a stall of a second (a kernel compiled on first use, a blocking call) shows in per-request
+latencies only as a smear; in the step log it is one long gap between consecutive records while
+the engine had work (a gap after a record with nothing running or waiting is idle time, not a
+stall). The windows come from a run's ``report.json``: the run, and a few seconds around each switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from bisect import bisect_left, bisect_right
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class Steps:
+    """A step log's record times (sorted) and whether the engine had work at each record."""
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        rows = sorted((r["t"], r.get("running", 0) + r.get("waiting", 0) > 0) for r in records)
+        self.times = [t for t, _ in rows]
+        self.busy = [b for _, b in rows]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Steps":
+        with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
+            return cls([json.loads(line) for line in f if line.strip()])
+
+    def max_gap(self, start: float, end: float) -> tuple[float, float | None]:
+        """(longest gap inside [start, end] that began at a busy record, when it began); (0, None) if none."""
+        lo, hi = bisect_left(self.times, start), bisect_right(self.times, end)
+        gaps = [(self.times[i + 1] - self.times[i], self.times[i]) for i in range(lo, hi - 1) if self.busy[i]]
+        return max(gaps) if gaps else (0.0, None)
+
+    def count(self, start: float, end: float) -> int:
+        return bisect_right(self.times, end) - bisect_left(self.times, start)
+
+
+def run_gaps(steps: Steps, report: dict[str, Any], before_s: float = 2.0,
+             after_s: float = 3.0) -> dict[str, Any]:
+    """Step count and longest gap over one run, and around each of its switches (seconds since the run's t0)."""
+    run = report["run"]
+    t0 = run["t0"]
+    end = t0 + run["duration_s"] + (run.get("drain_s") or 0.0)
+    gap, at = steps.max_gap(t0, end)
+    switches = []
+    for s in report.get("switches", []):
+        g, _ = steps.max_gap(s["time"] - before_s, s["time"] + after_s)
+        switches.append({"t": round(s["t"], 2), "to": s["to"], "max_gap_s": round(g, 4)})
+    return {
+        "label": run.get("label"),
+        "steps": steps.count(t0, end),
+        "max_gap_s": round(gap, 4),
+        "max_gap_at_s": None if at is None else round(at - t0, 2),
+        "switch_window_s": [-before_s, after_s],
+        "switches": switches,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.step_gaps", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", required=True, type=Path, help="the replica's NESTEDFP_STEP_LOG file (or a .gz of it)")
+    p.add_argument("reports", nargs="+", type=Path, help="report.json of each run to check")
+    p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
+    a = p.parse_args(argv)
+    steps = Steps.load(a.steps)
+    results = [dict(run_gaps(steps, json.loads(r.read_text())), report=str(r)) for r in a.reports]
+    for r in results:
+        sw = max((s["max_gap_s"] for s in r["switches"]), default=None)
+        print(f"{r['label']}: {r['steps']} steps, longest busy gap {r['max_gap_s'] * 1e3:.0f} ms at {r['max_gap_at_s']} s; "
+              f"{len(r['switches'])} switches, longest gap around one "
+              f"{'-' if sw is None else f'{sw * 1e3:.0f} ms'}")
+    if a.out:
+        a.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
