@@ -134,14 +134,15 @@ def dummy_weights_model_dir(config_dir: str | os.PathLike, out: str | os.PathLik
     """A servable model dir for ``load_format="dummy"`` runs: the config plus a word-level tokenizer.
 
     Benchmarks on GPU boxes have architecture configs but no weights or tokenizer; the OpenAI
-    layer still needs a tokenizer whose vocabulary covers every id the model can emit.
+    layer still needs a tokenizer whose vocabulary covers every id the model can emit. ``config.json``
+    is written last, so its presence means the directory is complete.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    cfg = json.loads((Path(config_dir) / "config.json").read_text())  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = json.loads((Path(config_dir) / "config.json").read_text())
     vocab = {tok: i for i, tok in enumerate(_SPECIAL)}
     vocab.update({f"w{i}": i for i in range(len(_SPECIAL), cfg["vocab_size"])})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

@@ -4,7 +4,7 @@
 # unknown tokens, so cached prefixes would make prefill free. Policy and SLO targets come from NESTEDFP_POLICY__* if set (defaults below).
 # Every engine step is logged to OUTDIR/steps.jsonl (NESTEDFP_STEP_LOG) to find stalls afterwards.
 out=${1:?outdir}; mkdir -p "$out"
-[ -d /root/m8b ] || python3 -c "from deployments.tiny_model import dummy_weights_model_dir as d; d('/root/models/llama-3.1-8b', '/root/m8b')"
+[ -f /root/m8b/config.json ] || python3 -c "from deployments.tiny_model import dummy_weights_model_dir as d; d('/root/models/llama-3.1-8b', '/root/m8b')"
 export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_REPLICAS=1 \
   NESTEDFP_GPUS_PER_REPLICA=1 NESTEDFP_CPUS_PER_REPLICA=1 NESTEDFP_ADMIN_TOKEN=bench \
   NESTEDFP_MAX_ONGOING_REQUESTS=1024 NESTEDFP_MAX_QUEUED_REQUESTS=4096 \
