@@ -99,14 +99,16 @@ class StepLog:
     """One JSON line per engine step, for finding stalls after a load test (``NESTEDFP_STEP_LOG``).
 
     Off unless the variable names a file. Wall-clock times line up with the load report's switch log.
+    Replicas of one app may share the file; ``pid`` tells their records apart.
     """
 
     def __init__(self, path: str) -> None:
         self._f = open(path, "a", buffering=1)  # line-buffered: a killed replica keeps what it wrote
+        self._pid = os.getpid()
 
     def write(self, running: int, waiting: int, prompt_tokens: int, gen_tokens: int, itls: list[float]) -> None:
         self._f.write(json.dumps({
-            "t": round(time.time(), 4), "running": running, "waiting": waiting, "prompt_tokens": prompt_tokens,
+            "t": round(time.time(), 4), "pid": self._pid, "running": running, "waiting": waiting, "prompt_tokens": prompt_tokens,
             "gen_tokens": gen_tokens, "itl_max": round(max(itls), 5) if itls else None,
         }) + "\n")
 

@@ -18,12 +18,14 @@ from typing import Any, Sequence
 
 
 class Steps:
-    """A step log's record times (sorted) and whether the engine had work at each record."""
+    """A step log's record times (sorted) and whether the engine had work at each record, per replica
+    process (``pid``): replicas sharing one log interleave, and one replica's stall is still a stall."""
 
     def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        rows = sorted((r["t"], r.get("running", 0) + r.get("waiting", 0) > 0) for r in records)
-        self.times = [t for t, _ in rows]
-        self.busy = [b for _, b in rows]
+        by_pid: dict[Any, list[tuple[float, bool]]] = {}
+        for r in records:
+            by_pid.setdefault(r.get("pid"), []).append((r["t"], r.get("running", 0) + r.get("waiting", 0) > 0))
+        self._sources = [_Source(sorted(rows)) for rows in by_pid.values()]
 
     @classmethod
     def load(cls, path: str | Path) -> "Steps":
@@ -32,6 +34,20 @@ class Steps:
 
     def max_gap(self, start: float, end: float) -> tuple[float, float | None]:
         """(longest gap inside [start, end] that began at a busy record, when it began); (0, None) if none."""
+        return max((s.max_gap(start, end) for s in self._sources), default=(0.0, None))
+
+    def count(self, start: float, end: float) -> int:
+        return sum(s.count(start, end) for s in self._sources)
+
+
+class _Source:
+    """One replica process's records."""
+
+    def __init__(self, rows: list[tuple[float, bool]]) -> None:
+        self.times = [t for t, _ in rows]
+        self.busy = [b for _, b in rows]
+
+    def max_gap(self, start: float, end: float) -> tuple[float, float | None]:
         lo, hi = bisect_left(self.times, start), bisect_right(self.times, end)
         gaps = [(self.times[i + 1] - self.times[i], self.times[i]) for i in range(lo, hi - 1) if self.busy[i]]
         return max(gaps) if gaps else (0.0, None)

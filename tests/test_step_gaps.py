@@ -56,4 +56,13 @@ def test_a_gzipped_step_log_reads_the_same(tmp_path):
     (tmp_path / "s.jsonl").write_text(lines)
     with gzip.open(tmp_path / "s.jsonl.gz", "wt") as f:
         f.write(lines)
-    assert Steps.load(tmp_path / "s.jsonl.gz").times == Steps.load(tmp_path / "s.jsonl").times == [10.0, 11.0, 12.0]
+    a, b = Steps.load(tmp_path / "s.jsonl.gz"), Steps.load(tmp_path / "s.jsonl")
+    assert a.count(0, 100) == b.count(0, 100) == 3 and a.max_gap(0, 100) == b.max_gap(0, 100) == (1.0, 11.0)
+
+
+def test_one_replica_stalling_shows_although_another_keeps_stepping():
+    fast = [{"t": 100.0 + 0.05 * i, "pid": 1, "running": 2} for i in range(100)]
+    stalled = [{"t": t, "pid": 2, "running": 2} for t in (100.0, 100.1, 102.6, 102.7)]
+    steps = Steps(fast + stalled)
+    assert steps.max_gap(99.0, 110.0) == (2.5, 100.1)
+    assert steps.count(99.0, 110.0) == 104

@@ -6,19 +6,22 @@
 #   trace      : Azure conversation trace segment, static fp16, static fp8, adaptive slo
 # Load levels come from the capacity sweep (docs/BENCHMARKS.md): 1024-token prompts saturate fp16
 # mode near 28 req/s and fp8 mode holds 32 req/s within a 50 ms TPOT.
+# Rates are per replica: with NESTEDFP_REPLICAS=N (as given to app_up.sh) every rate is multiplied by N.
 set -u
 which=${1:?spike|spike-more|trace}; out=${2:?outdir}
+n=${NESTEDFP_REPLICAS:-1}
 common=(--host http://127.0.0.1:8000 --admin-token bench --slo-ttft 1.0 --slo-tpot 0.05 --drain-timeout 20)
-spike=(--shape spike --duration 120 --base-rate 12 --spike-rate 34 --spike-start 45 --spike-length 20
+spike=(--shape spike --duration 120 --base-rate $((12 * n)) --spike-rate $((34 * n)) --spike-start 45 --spike-length 20
        --prompt-tokens 1024 --output-tokens 64)
-hard=(--shape spike --duration 120 --base-rate 10 --spike-rate 40 --spike-start 45 --spike-length 15
+hard=(--shape spike --duration 120 --base-rate $((10 * n)) --spike-rate $((40 * n)) --spike-start 45 --spike-length 15
       --prompt-tokens 1024 --output-tokens 64)
+trace_scale=$(awk "BEGIN {print 0.22 * $n}")
 case $which in
   spike)      python3 -m loadtests compare "${common[@]}" "${spike[@]}" --report "$out" --policies fp16,fp8,auto:slo ;;
   spike-more) python3 -m loadtests compare "${common[@]}" "${spike[@]}" --report "$out" --policies auto:queue_depth,auto:token_budget ;;
   spike-hard) python3 -m loadtests compare "${common[@]}" "${hard[@]}" --report "$out" --policies fp16,fp8,auto:slo ;;
   trace)      python3 -m loadtests compare "${common[@]}" --shape trace --trace azure_llm_conv_2024-05-14_20min.csv \
-                --data-dir "${NESTEDFP_DATA_DIR:-../shared/data}" --trace-start 400 --duration 120 --rate-scale 0.22 \
+                --data-dir "${NESTEDFP_DATA_DIR:-../shared/data}" --trace-start 400 --duration 120 --rate-scale "$trace_scale" \
                 --max-prompt-tokens 4096 --max-output-tokens 256 --report "$out" --policies fp16,fp8,auto:slo ;;
   *) echo "unknown: $which"; exit 2 ;;
 esac

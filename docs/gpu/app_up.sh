@@ -1,11 +1,12 @@
-# Start the whole app on one H200 (Llama-3.1-8B shapes, dummy weights) unless it already answers,
+# Start the whole app on the H200 box (Llama-3.1-8B shapes, dummy weights; one replica per GPU with
+# NESTEDFP_REPLICAS=N on an N-GPU box) unless it already answers,
 # then smoke-test it. Source after docs/gpu/setup_box.sh:  source docs/gpu/app_up.sh OUTDIR
 # Prefix caching is off: the dummy model's word-level tokenizer maps load-test prompts to repeated
 # unknown tokens, so cached prefixes would make prefill free. Policy and SLO targets come from NESTEDFP_POLICY__* if set (defaults below).
 # Every engine step is logged to OUTDIR/steps.jsonl (NESTEDFP_STEP_LOG) to find stalls afterwards.
 out=${1:?outdir}; mkdir -p "$out"
 [ -f /root/m8b/config.json ] || python3 -c "from deployments.tiny_model import dummy_weights_model_dir as d; d('/root/models/llama-3.1-8b', '/root/m8b')"
-export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_REPLICAS=1 \
+export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_REPLICAS=${NESTEDFP_REPLICAS:-1} \
   NESTEDFP_GPUS_PER_REPLICA=1 NESTEDFP_CPUS_PER_REPLICA=1 NESTEDFP_ADMIN_TOKEN=bench \
   NESTEDFP_MAX_ONGOING_REQUESTS=1024 NESTEDFP_MAX_QUEUED_REQUESTS=4096 \
   NESTEDFP_ENGINE_KWARGS='{"load_format": "dummy", "max_model_len": 8192, "gpu_memory_utilization": 0.85, "max_num_seqs": 256, "max_num_batched_tokens": 2048, "enable_prefix_caching": false}'
@@ -16,10 +17,14 @@ if ! curl -sf localhost:8000/v1/models >/dev/null; then
   # `python -m ray.serve.scripts` is the `serve` CLI (pip --target does not refresh bin/ scripts).
   setsid nohup python3 -m ray.serve.scripts run app:main > "$out/serve.log" 2>&1 < /dev/null &
   pid=$!
-  # Ready means a completion is served: /v1/models answers from the ingress before the replica is up.
+  # Ready means a completion is served and every replica reports to the controller: /v1/models
+  # answers from the ingress before any replica is up.
+  replicas() { curl -s localhost:8000/admin/precision -H 'authorization: Bearer bench' |
+    python3 -c 'import json, sys; print(len(json.load(sys.stdin)["replicas"]))' 2>/dev/null; }
   for i in $(seq 1 175); do
     curl -sf -m 5 localhost:8000/v1/completions -H 'content-type: application/json' \
-      -d '{"model": "llama-8b-dummy", "prompt": "ready", "max_tokens": 1}' >/dev/null && break
+      -d '{"model": "llama-8b-dummy", "prompt": "ready", "max_tokens": 1}' >/dev/null &&
+      [ "$(replicas)" = "$NESTEDFP_REPLICAS" ] && break
     kill -0 $pid 2>/dev/null || { echo "serve exited"; break; }
     sleep 3
   done
