@@ -108,8 +108,9 @@ class StepLog:
 
     def write(self, running: int, waiting: int, prompt_tokens: int, gen_tokens: int, itls: list[float]) -> None:
         self._f.write(json.dumps({
-            "t": round(time.time(), 4), "pid": self._pid, "running": running, "waiting": waiting, "prompt_tokens": prompt_tokens,
-            "gen_tokens": gen_tokens, "itl_max": round(max(itls), 5) if itls else None,
+            "t": round(time.time(), 4), "pid": self._pid, "running": running, "waiting": waiting,
+            "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "itl_max": round(max(itls), 5) if itls else None,
         }) + "\n")
 
 

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [dict(run_gaps(steps, json.loads(r.read_text())), report=str(r)) for r in a.reports]
     for r in results:
         sw = max((s["max_gap_s"] for s in r["switches"]), default=None)
-        print(f"{r['label']}: {r['steps']} steps, longest busy gap {r['max_gap_s'] * 1e3:.0f} ms at {r['max_gap_at_s']} s; "
-              f"{len(r['switches'])} switches, longest gap around one "
+        print(f"{r['label']}: {r['steps']} steps, longest busy gap {r['max_gap_s'] * 1e3:.0f} ms "
+              f"at {r['max_gap_at_s']} s; {len(r['switches'])} switches, longest gap around one "
               f"{'-' if sw is None else f'{sw * 1e3:.0f} ms'}")
     if a.out:
         a.out.write_text(json.dumps(results, indent=1))
