@@ -26,7 +26,13 @@ def _log_like_vllm() -> None:
 
 
 def register() -> None:
-    """Entry point: register the quantization config (idempotent) and the custom op."""
+    """Entry point: register the quantization config (idempotent) and the custom op; in a Ray
+    worker with a GPU, give its compile cache a folder per GPU (``compile_cache``)."""
     _log_like_vllm()
+    from kernels.vllm_plugin.compile_cache import isolate_compile_cache
+
+    root = isolate_compile_cache()
+    if root:
+        logging.getLogger(__name__).info("nestedfp: VLLM_CACHE_ROOT=%s (a compile cache per GPU)", root)
     import kernels.ops  # noqa: F401  (defines torch.ops.nestedfp.linear)
     import kernels.vllm_plugin.nestedfp_method  # noqa: F401  (registers "nestedfp")
