@@ -9,7 +9,8 @@ Activation quantization (absmax pass, then a quantizing pass over each token row
 op, inside the FP16 kernel's launch when the mode is FP8 (see ``triton_dispatch``), so the op
 makes two launches in either mode; standalone, ``act_quant`` launches it on its own; or, per the
 tile table, fused into this GEMM (``fused_quant``: each program quantizes its token rows itself,
-which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s.
+which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s (the fused
+path's fast division differed in 1 of 117 M values on the H200: ``div_by_scale``).
 
 Also here: the operand checks and tile order both GEMMs share.
 """
@@ -98,12 +99,14 @@ def act_scale(amax, INTERPRET: tl.constexpr):
 
 @triton.jit
 def div_by_scale(x, s, r, INTERPRET: tl.constexpr):
-    """``x / s`` correctly rounded, as torch divides, given ``r = div_rn(1, s)``: 5 flops, no div.rn.
+    """``x / s`` as torch divides, given ``r = div_rn(1, s)``: 5 flops, no div.rn. Used where the
+    GEMM quantizes x itself (``fused_quant``, small M).
 
     Exactness matters: fp16 inputs often sit within an ulp of an E4M3 tie (x = 0.75 * amax gives
     336.0), where a plain ``x * (1/s)`` rounds the other way. q = x*r is within 2 ulps; each
-    Markstein step (e = fma(-q, s, x) is exact; q += e*r) brings it within 1 ulp, and a step from
-    within 1 ulp lands on the correctly rounded quotient. The interpreter just divides.
+    Markstein step (e = fma(-q, s, x) is exact; q += e*r) brings it closer. On the H200 it
+    matched torch's code for code except in 1 of 117 M values (docs/BENCHMARKS.md, "act_quant
+    variants"), so the standalone ``act_quant`` keeps the exact ``div_rn``. The interpreter just divides.
     """
     if INTERPRET:
         return tl.math.div_rn(x, s)

@@ -34,6 +34,12 @@ def test_registering_again_in_the_same_process_does_not_nest_folders():
     assert env["VLLM_CACHE_ROOT"] == first
 
 
+def test_a_process_moved_to_another_gpu_moves_to_that_gpus_folder_under_the_same_parent():
+    env = {"VLLM_CACHE_ROOT": "/data/vllm"}
+    compile_cache.isolate_compile_cache(env, ["0"])
+    assert compile_cache.isolate_compile_cache(env, ["1"]) == "/data/vllm/gpu-1"
+
+
 def test_a_process_without_a_ray_gpu_keeps_vllms_root():
     env = {"VLLM_CACHE_ROOT": "/data/vllm"}
     assert compile_cache.isolate_compile_cache(env, []) is None
@@ -73,7 +79,7 @@ def test_two_ray_workers_on_different_gpus_get_different_roots_through_the_plugi
     """Real Ray with two logical GPUs: each GPU actor's ``register()`` picks its own folder."""
     pytest.importorskip("ray")
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path), "PYTHONPATH": os.getcwd(), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("NESTEDFP_CACHE_ROOT_SET", None)
+    env.pop("NESTEDFP_CACHE_ROOT_BASE", None)
     out = subprocess.run([sys.executable, "-c", RAY_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     roots = json.loads(out.stdout.strip().splitlines()[-1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -163,36 +162,51 @@ def test_trace_is_found_through_the_data_dir_env_var(small_trace, tmp_path, monk
         resolve_trace_path("missing.csv")
 
 
+class FakeClock:
+    """Simulated time for the dispatcher: ``sleep`` advances it, so the tests check the dispatcher's
+    arithmetic, not how busy the machine running them is."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, dt: float) -> None:
+        assert dt > 0
+        self.t += dt
+
+
 def test_dispatcher_sends_a_trace_schedule_on_time(small_trace) -> None:
     path, _ = small_trace
     s = build_schedule("trace", ShapeOptions(duration=3, trace_file=str(path), time_scale=0.05))
-    sent: list[float] = []
-    res = dispatch_open_loop(s.arrivals, lambda i, a, lag: sent.append(time.monotonic()) or True,
-                             now=time.monotonic, sleep=time.sleep)
+    clock, sent = FakeClock(), []
+    res = dispatch_open_loop(s.arrivals, lambda i, a, lag: sent.append(clock.now()) or True,
+                             now=clock.now, sleep=clock.sleep)
     assert res.sent == len(s.arrivals) == len(sent) and res.dropped == 0
     late = np.asarray(sent) - res.t0 - np.asarray([a.t for a in s.arrivals])
-    # never early; late only by scheduler noise (generous: CI boxes are shared), and no drift
-    assert late.min() >= 0 and np.median(late) < 0.005 and np.percentile(late, 90) < 0.03, late
-    assert late.max() < 0.25 and late[-20:].mean() < 0.03, late
+    assert np.allclose(late, 0.0, atol=1e-9) and np.allclose(res.lags, 0.0, atol=1e-9)
 
 
 def test_dispatcher_is_open_loop_a_stall_does_not_shift_later_arrivals() -> None:
     arrivals = [Arrival(0.05 * i, 1, 1) for i in range(20)]
-    sent: list[float] = []
+    clock, sent = FakeClock(), []
 
     def start(i: int, a: Arrival, lag: float) -> bool:
-        sent.append(time.monotonic())
+        sent.append(clock.now())
         if i == 2:
-            time.sleep(0.3)  # a stalled start: arrivals 3..7 are due meanwhile
+            clock.t += 0.3  # a stalled start: arrivals 3..7 are due meanwhile
         return True
 
-    res = dispatch_open_loop(arrivals, start, now=time.monotonic, sleep=time.sleep)
+    res = dispatch_open_loop(arrivals, start, now=clock.now, sleep=clock.sleep)
     late = np.asarray(sent) - res.t0 - np.asarray([a.t for a in arrivals])
-    assert late[3] > 0.1  # overdue ones go out at once ...
-    assert np.all(np.abs(late[10:]) < 0.03)  # ... and the schedule resumes on time (no catch-up shift)
+    assert late[3] == pytest.approx(0.25) and late[7] == pytest.approx(0.05)  # overdue ones go out at once ...
+    assert np.allclose(late[8:], 0.0, atol=1e-9)  # ... and the schedule resumes on time (no catch-up shift)
+    assert res.lags[3] == pytest.approx(0.25)
 
 
 def test_dispatcher_counts_requests_it_could_not_start() -> None:
     arrivals = [Arrival(0.0, 1, 1) for _ in range(10)]
-    res = dispatch_open_loop(arrivals, lambda i, a, lag: i % 2 == 0, now=time.monotonic, sleep=time.sleep)
+    clock = FakeClock()
+    res = dispatch_open_loop(arrivals, lambda i, a, lag: i % 2 == 0, now=clock.now, sleep=clock.sleep)
     assert (res.sent, res.dropped) == (5, 5)

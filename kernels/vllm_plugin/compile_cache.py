@@ -38,16 +38,19 @@ def isolate_compile_cache(environ: MutableMapping[str, str] = os.environ,
                           gpu_ids: list[str] | None = None) -> str | None:
     """Point ``VLLM_CACHE_ROOT`` at a folder of its own for this process's GPUs (idempotent).
 
-    Returns the new root, or None where nothing changed: no GPU assigned by Ray, or already set.
-    Must run before vLLM first reads the variable in the worker (the plugin entry point does).
+    Returns the new root, or None where nothing changed: no GPU assigned by Ray, or already there.
+    The first root seen is kept as the parent, so a pooled Ray worker that later runs on another GPU
+    moves to that GPU's folder. Must run before vLLM first reads the variable in the worker (the
+    plugin entry point does).
     """
     ids = ray_gpu_ids() if gpu_ids is None else gpu_ids
     if not ids:
         return None
-    root = os.path.expanduser(environ.get("VLLM_CACHE_ROOT") or DEFAULT_ROOT)
-    if environ.get("NESTEDFP_CACHE_ROOT_SET") == root:
+    base = environ.get("NESTEDFP_CACHE_ROOT_BASE") or os.path.expanduser(
+        environ.get("VLLM_CACHE_ROOT") or DEFAULT_ROOT)
+    new = per_gpu_root(base, ids)
+    if environ.get("VLLM_CACHE_ROOT") == new:
         return None
-    new = per_gpu_root(root, ids)
+    environ["NESTEDFP_CACHE_ROOT_BASE"] = base
     environ["VLLM_CACHE_ROOT"] = new
-    environ["NESTEDFP_CACHE_ROOT_SET"] = new
     return new
