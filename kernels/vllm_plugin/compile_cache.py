@@ -5,11 +5,11 @@ config and rank, but not by device. Under Ray Serve LLM, vLLM's Ray executor lea
 the node visible to each worker, which runs on ``cuda:<its GPU>``, and Inductor bakes that device
 index into the code it caches. So a replica on GPU 1 loads code compiled on GPU 0 and fails at its
 first kernel ("CUDA driver error: invalid argument", or Triton's "Pointer argument (at 0) cannot be
-accessed"). Our two-replica app did exactly that on a 2-GPU H200 box on 2026-11-22
-(docs/BENCHMARKS.md, "Two replicas on a 2-GPU H200 box"). vLLM later added the device index to
-the cache path itself (vllm-project/vllm PR 38962). A subfolder per assigned GPU fixes it on
-releases without that change, keeps the cache warm across restarts on the same GPU, and does no
-harm on releases with it.
+accessed"). Our two-replica app failed with exactly these errors on a 2-GPU H200 box on
+2026-11-22, both replicas saving to one cache path (docs/BENCHMARKS.md, "Two replicas on a 2-GPU
+H200 box"). vLLM later added the device index to the cache path itself (vllm-project/vllm PR
+38962). A subfolder per assigned GPU fixes it on releases without that change, keeps the cache
+warm across restarts on the same GPU, and does no harm on releases with it.
 """
 
 from __future__ import annotations
