@@ -79,7 +79,6 @@ def test_two_ray_workers_on_different_gpus_get_different_roots_through_the_plugi
     """Real Ray with two logical GPUs: each GPU actor's ``register()`` picks its own folder."""
     pytest.importorskip("ray")
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path), "PYTHONPATH": os.getcwd(), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("NESTEDFP_CACHE_ROOT_BASE", None)
     out = subprocess.run([sys.executable, "-c", RAY_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     roots = json.loads(out.stdout.strip().splitlines()[-1])

@@ -15,10 +15,12 @@ warm across restarts on the same GPU, and does no harm on releases with it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 
 DEFAULT_ROOT = "~/.cache/vllm"  # vLLM's default VLLM_CACHE_ROOT
+_GPU_FOLDER = re.compile(r"gpu-\d+(-\d+)*")  # per_gpu_root's last component
 
 
 def ray_gpu_ids() -> list[str]:
@@ -39,18 +41,18 @@ def isolate_compile_cache(environ: MutableMapping[str, str] = os.environ,
     """Point ``VLLM_CACHE_ROOT`` at a folder of its own for this process's GPUs (idempotent).
 
     Returns the new root, or None where nothing changed: no GPU assigned by Ray, or already there.
-    The first root seen is kept as the parent, so a pooled Ray worker that later runs on another GPU
-    moves to that GPU's folder. Must run before vLLM first reads the variable in the worker (the
-    plugin entry point does).
+    A root that is already a GPU folder counts as its parent, so a pooled Ray worker that later runs
+    on another GPU moves to that GPU's folder. Must run before vLLM first reads the variable in the
+    worker (the plugin entry point does).
     """
     ids = ray_gpu_ids() if gpu_ids is None else gpu_ids
     if not ids:
         return None
-    base = environ.get("NESTEDFP_CACHE_ROOT_BASE") or os.path.expanduser(
-        environ.get("VLLM_CACHE_ROOT") or DEFAULT_ROOT)
-    new = per_gpu_root(base, ids)
+    root = os.path.expanduser(environ.get("VLLM_CACHE_ROOT") or DEFAULT_ROOT)
+    if _GPU_FOLDER.fullmatch(os.path.basename(root)):
+        root = os.path.dirname(root)
+    new = per_gpu_root(root, ids)
     if environ.get("VLLM_CACHE_ROOT") == new:
         return None
-    environ["NESTEDFP_CACHE_ROOT_BASE"] = base
     environ["VLLM_CACHE_ROOT"] = new
     return new

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.bench import bench
 from kernels.ops import new_mode_tensor
 from kernels.reference import quantize_per_token
 from kernels.triton_fp8 import FP8_MAX, act_quant, act_scale, div_by_scale, to_e4m3
@@ -49,10 +50,6 @@ def aq(x, mode, rows, fast, evict, warps):
     aq_rows[(triton.cdiv(m, rows),)](x, q, s, mode, m, k, x.stride(0), QBLOCK=qb, ROWS=rows, FAST_DIV=fast,
                                      EVICT=evict, num_warps=warps, num_stages=1)
     return q, s
-
-
-def bench(fn):
-    return triton.testing.do_bench(fn, return_mode="median") * 1e3
 
 
 def main(out):
