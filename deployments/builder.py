@@ -41,6 +41,15 @@ def llm_config(cfg: AppConfig) -> LLMConfig:
     )
 
 
+def ingress_options(cfg: AppConfig, llm: LLMConfig) -> dict:
+    """Serve LLM's ingress options with a fixed replica count (its default autoscales 1 to 1)."""
+    options = PrecisionIngress.get_deployment_options([llm])
+    options.pop("autoscaling_config", None)
+    options["num_replicas"] = cfg.ingress_replicas or cfg.replicas
+    options.setdefault("ray_actor_options", {})["num_cpus"] = 0
+    return options
+
+
 def build_app(cfg: AppConfig) -> Application:
     build_policy(cfg.policy.name, cfg.policy.params)  # fail at build time on a bad policy config
     controller = PolicyController.options(name=CONTROLLER_NAME).bind(
@@ -60,8 +69,7 @@ def build_app(cfg: AppConfig) -> Application:
         },
     )
     ingress_cls = make_fastapi_ingress(PrecisionIngress, endpoint_map=ENDPOINTS, app=make_app())
-    options = PrecisionIngress.get_deployment_options([llm])
-    options.setdefault("ray_actor_options", {})["num_cpus"] = 0
+    options = ingress_options(cfg, llm)
     return serve.deployment(ingress_cls, **options).bind(
         llm_deployments={cfg.model_id: replicas},
         model_cards={cfg.model_id: to_model_metadata(cfg.model_id, llm)},

@@ -38,6 +38,9 @@ class AppConfig(BaseSettings):
     model_id: str = "nestedfp-tiny"
     model_path: Optional[str] = Field(None, description="HF-format FP16 model dir; default: the embedded tiny Llama")
     replicas: int = Field(2, ge=1)
+    # Every streamed token crosses an ingress replica's event loop, which also routes new requests;
+    # one loop for several engines is a shared bottleneck. Default: one per engine replica.
+    ingress_replicas: Optional[int] = Field(None, ge=1, description="default: one per engine replica")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"max_model_len": 512, "max_num_seqs": 32, "max_num_batched_tokens": 512}
     )

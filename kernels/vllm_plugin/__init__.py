@@ -26,13 +26,19 @@ def _log_like_vllm() -> None:
 
 
 def register() -> None:
-    """Entry point: register the quantization config (idempotent) and the custom op; in a Ray
-    worker with a GPU, give its compile cache a folder per GPU (``compile_cache``)."""
+    """Entry point: register the quantization config (idempotent) and the custom op; keep engines
+    that share a node apart: a compile cache per GPU (``compile_cache``) and a TCPStore port range
+    per engine (``tcpstore_port``)."""
     _log_like_vllm()
     from kernels.vllm_plugin.compile_cache import isolate_compile_cache
+    from kernels.vllm_plugin.tcpstore_port import spread_tcpstore_port
 
+    log = logging.getLogger(__name__)
     root = isolate_compile_cache()
     if root:
-        logging.getLogger(__name__).info("nestedfp: VLLM_CACHE_ROOT=%s (a compile cache per GPU)", root)
+        log.info("nestedfp: VLLM_CACHE_ROOT=%s (a compile cache per GPU)", root)
+    base = spread_tcpstore_port()
+    if base:
+        log.info("nestedfp: VLLM_DP_MASTER_PORT=%s (a TCPStore port range per engine)", base)
     import kernels.ops  # noqa: F401  (defines torch.ops.nestedfp.linear)
     import kernels.vllm_plugin.nestedfp_method  # noqa: F401  (registers "nestedfp")
