@@ -6,8 +6,9 @@ from ``VLLM_DP_MASTER_PORT``, default 0, so every engine on a node starts at por
 replicas starting together both find 100 free and both listen on it; one dies with
 ``EADDRINUSE`` and Serve restarts it (our two-replica app on a 2-GPU H200 box, 2026-11-22; the
 restart picked 101 and cost a minute of start-up). A random base per engine-config process keeps
-co-located engines apart: two collide only when they draw the same base. An operator's own ``VLLM_DP_MASTER_PORT`` is kept, and with data
-parallelism vLLM chooses the master port itself, so this changes nothing there.
+co-located engines apart: two collide only when they draw the same base (or their scans meet over
+ports already taken). An operator's own ``VLLM_DP_MASTER_PORT`` is kept, and with data parallelism
+vLLM chooses the master port itself, so this changes nothing there.
 """
 
 from __future__ import annotations
