@@ -261,6 +261,8 @@ def test_restarted_replica_asks_the_controller_for_its_mode(host, client):
     assert client.completions.create(model=MODEL, prompt="In the face of", max_tokens=4).choices  # the other serves
     new = wait_for(lambda: set(modes(host)) - before, 240, "a replacement replica to report")
     (rid,) = new
+    # It shows up at its first contact and reports the mode it applied on its next report.
+    wait_for(lambda: modes(host)[rid][1] is not None, 30, "the replacement replica's reported mode")
     assert modes(host)[rid] == ("fp8", "fp8")
     reason = status(host)["replicas"][rid]["reason"]
     assert reason.startswith("override fp8") or reason == "resumed", reason
