@@ -10,18 +10,13 @@ header; requests that never reached a replica (dropped, failed) count as ``none`
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-def load_requests(path: str | Path) -> list[dict[str, Any]]:
-    with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from loadtests.jsonl import read_jsonl
 
 
 def replica_shares(records: Iterable[dict[str, Any]], bin_s: float = 5.0) -> list[dict[str, Any]]:
@@ -52,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("requests", type=Path, help="a run's requests.jsonl (or .jsonl.gz)")
     p.add_argument("--bin", type=float, default=5.0, help="bin width in seconds")
     a = p.parse_args(argv)
-    rows = replica_shares(load_requests(a.requests), a.bin)
+    rows = replica_shares(read_jsonl(a.requests), a.bin)
     names = list(rows[0]["requests"]) if rows else []
     print("start_s " + " ".join(f"{n:>9}" for n in names) + "  largest_share")
     for r in rows:

@@ -19,6 +19,7 @@ import requests
 
 from loadtests.admin import AdminClient, AdminPoller
 from loadtests.dispatch import LOCUST_CONFIG_ENV
+from loadtests.jsonl import read_jsonl
 from loadtests.modes import build_timeline
 from loadtests.report import Slo, build_report
 from loadtests.shapes import Schedule, ShapeOptions, build_schedule
@@ -97,12 +98,6 @@ def _run_locust(cfg: LoadTestConfig, schedule: Schedule, model: str, out: Path) 
             return -9
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_load(cfg: LoadTestConfig) -> dict:
     """Run one load test and write report.json, Locust CSV/HTML and timeline.png into cfg.report_dir."""
     cfg = replace(cfg, host=check_host(cfg.host))
@@ -124,12 +119,13 @@ def run_load(cfg: LoadTestConfig) -> dict:
         tail = (out / "locust.out").read_text()[-2000:]
         raise RuntimeError(f"Locust did not finish the schedule (exit {exit_code}); locust.out ends:\n{tail}")
     meta = json.loads(meta_path.read_text())
-    records = sorted(_read_jsonl(out / "requests.jsonl"), key=lambda r: r["idx"])
+    requests_path = out / "requests.jsonl"
+    records = sorted(read_jsonl(requests_path) if requests_path.exists() else [], key=lambda r: r["idx"])
 
     timeline = build_timeline(poller.snapshots)
     report = build_report(records, schedule.phases, schedule.duration, Slo(cfg.slo_ttft, cfg.slo_tpot),
                           timeline, meta["t0"], meta["t_end"])
-    with (out / "requests.jsonl").open("w") as f:  # now with each request's modes_served
+    with requests_path.open("w") as f:  # now with each request's modes_served
         f.writelines(json.dumps(r) + "\n" for r in records)
     report = {
         "run": {

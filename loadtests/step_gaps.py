@@ -9,12 +9,13 @@ stall). The windows come from a run's ``report.json``: the run, and a few second
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any, Sequence
+
+from loadtests.jsonl import read_jsonl
 
 
 class Steps:
@@ -29,8 +30,7 @@ class Steps:
 
     @classmethod
     def load(cls, path: str | Path) -> "Steps":
-        with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
-            return cls([json.loads(line) for line in f if line.strip()])
+        return cls(read_jsonl(path))
 
     def max_gap(self, start: float, end: float) -> tuple[float, float | None]:
         """(longest gap inside [start, end] that began at a busy record, when it began); (0, None) if none."""

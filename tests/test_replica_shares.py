@@ -3,7 +3,8 @@
 import gzip
 import json
 
-from loadtests.replica_shares import load_requests, main, replica_shares
+from loadtests.jsonl import read_jsonl
+from loadtests.replica_shares import main, replica_shares
 
 
 def _req(t: float, replica: str | None) -> dict:
@@ -32,6 +33,6 @@ def test_the_command_reads_a_gzipped_requests_file(tmp_path, capsys):
     with gzip.open(path, "wt") as f:
         for r in [_req(0.5, "a"), _req(0.7, "b")]:
             f.write(json.dumps(r) + "\n")
-    assert len(load_requests(path)) == 2
+    assert len(read_jsonl(path)) == 2
     assert main([str(path)]) == 0
     assert "0.50" in capsys.readouterr().out
