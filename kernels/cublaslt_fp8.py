@@ -5,8 +5,8 @@ row-major = K x N column-major), with the fixed weight scale 2**(-8 + scale_exp)
 scale. So at large M in FP8 mode the op quantizes x per token (``triton_fp8.act_quant``) and
 calls ``torch._scaled_mm`` on the plane as stored: no copy, no second weight. Why: from M = 1024
 up cuBLASLt's FP8 GEMM is faster than the Triton FP8 kernel on the H200 (docs/BENCHMARKS.md,
-"Kernels v4", both timed in one run). It cannot read a device-side mode, so CUDA graphs keep the
-Triton kernels. ``NESTEDFP_CUBLASLT_FP8=0`` turns it off.
+"Kernels v4", both timed in one run). It cannot read a device-side mode, so inside CUDA graphs it
+runs behind a conditional node (``kernels.cuda_conditional``). ``NESTEDFP_CUBLASLT_FP8=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -49,6 +49,19 @@ def _weight_scale(upper: torch.Tensor, scale_exp: int) -> torch.Tensor:
     return ws
 
 
+def scaled_mm_into(q: torch.Tensor, s: torch.Tensor, upper: torch.Tensor, scale_exp: int,
+                   bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``out = q @ upper.T * (s x 2**(-8 + scale_exp)) (+ bias)`` on cuBLASLt; ``out`` [M, N] contiguous.
+
+    Also what a CUDA graph's FP8 branch captures (``kernels.cond_graph``), so it allocates nothing
+    but cuBLASLt's own workspace.
+    """
+    torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=_weight_scale(upper, scale_exp),
+                     out_dtype=out.dtype, out=out)
+    if bias is not None:
+        out.add_(bias)
+
+
 def nested_fp8_scaled_mm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
                          bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """FP8-mode ``y = q(x) @ upper.T * (s_x * 2**(-8 + scale_exp)) + bias`` on cuBLASLt, in x's dtype.
@@ -57,10 +70,15 @@ def nested_fp8_scaled_mm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Ten
     caller then runs the Triton kernel); that shape class is not tried again.
     """
     q, s = act_quant(x2d, mode)
+    y = torch.empty((x2d.shape[0], upper.shape[0]), dtype=x2d.dtype, device=x2d.device)
     try:
-        y = torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=_weight_scale(upper, scale_exp),
-                             out_dtype=x2d.dtype)
+        scaled_mm_into(q, s, upper, scale_exp, bias, y)
     except RuntimeError:
-        _refused.add(_shape_class(x2d, upper))
+        refuse(x2d, upper)
         return None
-    return y if bias is None else y.add_(bias)
+    return y
+
+
+def refuse(x2d: torch.Tensor, upper: torch.Tensor) -> None:
+    """Record that torch refused this call's shape class: ``usable`` is false for it from now on."""
+    _refused.add(_shape_class(x2d, upper))

@@ -10,6 +10,12 @@ Two ways to pick the precision:
   no sync), so a CUDA graph captured once serves both modes, and flipping the tensor takes effect
   at the next replay. The price is one empty launch per linear in FP16 mode, measured by
   ``python -m kernels.bench``.
+  Opt-in (``USE_CONDITIONAL``), where ``kernels.cuda_conditional`` works (a CUDA >= 12.8
+  driver): a capture below ``LARGE_M_THRESHOLD`` holds instead a conditional node on the mode
+  with each mode's eager launches as its two bodies: no idle launch, and FP8 mode can use
+  cuBLASLt (from ``CUBLASLT_FP8_MIN_M``), which cannot read the mode itself. A replay runs exactly
+  what an eager call of its mode runs, so the outputs are equal bit for bit. Off by default: on
+  the H200 the node cost more than it saved.
 - **On the host** (``HOST_PICK``, every eager call whose mode tensor has a live host mirror,
   ``kernels.mode_state.host_mode``, kept by ``set_host_mode`` / vLLM's ``precision.set_mode``): one
   path runs. FP16: the FP16 GEMM alone; from ``LARGE_M_THRESHOLD`` up a merge pass into an N x K
@@ -34,10 +40,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import cublaslt_fp8, gluon_fp16
+from kernels import cublaslt_fp8, cuda_conditional, gluon_fp16
 from kernels.fast_launch import cdiv
 from kernels.mode_state import host_mode
-from kernels.triton_fp8 import _check_operands, nested_fp8_gemm
+from kernels.triton_fp8 import _check_operands, act_quant, nested_fp8_gemm
 from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.triton_merge import merge_weight
 from kernels.tuning import GluonTile, get_config, gluon_tile
@@ -46,6 +52,12 @@ HOST_PICK = True  # eager calls with a host mirror pick the precision on the hos
 LARGE_M_THRESHOLD = 1024  # host pick from this M up: merge + cuBLAS (FP16), cuBLASLt (FP8)
 GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M = 16 it was faster on only 2 of 8 shapes)
 USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
+# Captures hold a conditional node per op: opt-in (NESTEDFP_CONDITIONAL=1), since on the H200 the node
+# cost about 7 us per op, more than it saved (docs/BENCHMARKS.md, "Conditional graph nodes").
+USE_CONDITIONAL = os.environ.get("NESTEDFP_CONDITIONAL", "0") == "1"
+# With conditional nodes, FP8 mode runs on cuBLASLt from this M up (eager calls too, so that replays
+# equal them): where it beat the Triton FP8 kernel inside a branch (kernels.cond_bench, same run).
+CUBLASLT_FP8_MIN_M = 128
 
 
 def use_gluon(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> GluonTile | None:
@@ -91,13 +103,57 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
     out = None
     if name == "fp16" and m >= LARGE_M_THRESHOLD:  # exactly the reference: F.linear on the merged weight
         out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
-    elif name == "fp8" and m >= LARGE_M_THRESHOLD and cublaslt_fp8.usable(x2d, upper):
+    elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
         out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias)  # None if torch refused
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        if m:
+        if m and not eager and conditional(x2d):
+            _capture_conditional(x2d, upper, lower, mode, scale_exp, bias, out)
+        elif m:
             _launch(x2d, upper, lower, mode, scale_exp, bias, out, name)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def conditional(x2d: torch.Tensor) -> bool:
+    """Whether a capture of this call holds a conditional node (module docstring)."""
+    return (USE_CONDITIONAL and x2d.is_cuda and x2d.shape[0] < LARGE_M_THRESHOLD
+            and cuda_conditional.available(x2d.device.index or 0))
+
+
+def fp8_on_cublaslt(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
+    """FP8 mode's GEMM is cuBLASLt's for this call, eager or captured (module docstring)."""
+    m = x2d.shape[0]
+    if not cublaslt_fp8.usable(x2d, upper):
+        return False
+    return m >= LARGE_M_THRESHOLD or (m >= CUBLASLT_FP8_MIN_M and conditional(x2d))
+
+
+def _capture_conditional(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor,
+                         scale_exp: int, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Capture each mode's eager launches as the two bodies of a conditional node on ``mode``."""
+    m, k = x2d.shape
+    quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
+             torch.empty((m,), dtype=torch.float32, device=x2d.device))  # bodies must not allocate
+    cuda_conditional.if_else(mode, lambda: _fp8_into(x2d, upper, mode, scale_exp, bias, out, quant),
+                             lambda: _launch(x2d, upper, lower, mode, scale_exp, bias, out, "fp16"))
+
+
+def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
+              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """FP8 mode's eager launches (as ``nested_linear_picked`` makes them) into ``out``, allocating nothing."""
+    if fp8_on_cublaslt(x2d, upper):
+        act_quant(x2d, mode, quant)
+        try:
+            cublaslt_fp8.scaled_mm_into(*quant, upper, scale_exp, bias, out)
+            return
+        except RuntimeError:  # refused before any launch; the capture goes on with the Triton kernel
+            cublaslt_fp8.refuse(x2d, upper)
+            nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, True, quant)
+            return
+    cfg8 = get_config("fp8", upper.shape[0], x2d.shape[1], x2d.shape[0])
+    if not cfg8.fused_quant:
+        act_quant(x2d, mode, quant)
+    nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, None if cfg8.fused_quant else quant)
 
 
 def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor, scale_exp: int,

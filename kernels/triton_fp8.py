@@ -201,14 +201,16 @@ def nested_fp8_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
 
 
-def act_quant(x2d: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def act_quant(x2d: torch.Tensor, mode: torch.Tensor,
+              out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``.
 
     A program per row; rows of up to ``ONE_PASS_MAX_K`` are read from memory once (held in registers).
+    ``out``: (codes [M, K] E4M3, scales [M] fp32) to write into, for callers that must not allocate.
     """
     m, k = x2d.shape
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
-    s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
+    q, s = out if out is not None else (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
+                                        torch.empty((m,), dtype=torch.float32, device=x2d.device))
     if m:
         sx = x2d.stride(0)
         qblock = max(1024, 1 << (k - 1).bit_length()) if k <= ONE_PASS_MAX_K else 1024
