@@ -1,5 +1,7 @@
 # Source on the H200 box once /root/wheels holds chunks c0..c6 of `stage-wheels.sh .gpu --serve`
 # and /root/stage holds .gpu/c7, .gpu-extra/e0 and .gpu-extra/e1 (docs/BENCHMARKS.md, "Staging").
+# (Where the checkout plus one chunk exceeds the 64 MiB carry limit, `bash docs/gpu/rechunk.sh` makes
+# 30 MB pieces .gpu-small/s0..s13 to copy into /root/wheels instead of c0..c6.)
 # Installs vLLM 0.25 + Ray Serve + Locust into /root/site, swaps Ray 2.60 for 2.57.1 (the Serve LLM
 # release for vLLM 0.25), puts matplotlib on the path, and makes this checkout's vLLM plugins
 # visible (entry points via a minimal dist-info: the box has no network for a pip install).
