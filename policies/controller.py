@@ -17,8 +17,10 @@ Serve restarts when it dies; with ``num_replicas=1`` there is exactly one contro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections import deque
@@ -94,8 +96,12 @@ class PrecisionController:
         switch_log_len: int = 1000,
         policy_log_len: int = 100,
         clock: Callable[[], float] = time.time,
+        signal_log: Optional[str] = None,
     ) -> None:
+        """``signal_log``: a file to append every reported sample to (JSON lines), so that a run's
+        decisions can be recomputed offline for any policy (``python -m loadtests.policy_replay``)."""
         self.policy = policy
+        self._signal_log = open(signal_log, "a", buffering=1) if signal_log else None
         self._policy_params = policy_params(policy)
         self._policy_since = clock()
         self._policy_log: deque[dict[str, Any]] = deque(maxlen=policy_log_len)
@@ -139,6 +145,8 @@ class PrecisionController:
             log.info("replica %s reporting again", s.replica_id)
             r.stale = False
         r.history.append(s)
+        if self._signal_log is not None:
+            self._signal_log.write(json.dumps(s.to_dict()) + "\n")
         r.last_seen = now
         r.reported_mode = s.mode
         self._metrics.waiting.labels(s.replica_id).set(s.num_waiting)
@@ -342,7 +350,8 @@ class PolicyController:
         history_len: int = 240,
     ) -> None:
         self._core = PrecisionController(
-            build_policy(policy, policy_params), history_len=history_len, stale_after_s=stale_after_s
+            build_policy(policy, policy_params), history_len=history_len, stale_after_s=stale_after_s,
+            signal_log=os.environ.get("NESTEDFP_SIGNAL_LOG") or None,
         )
         self._tick_s = tick_s
         self._task: Optional[asyncio.Task] = None

@@ -11,6 +11,9 @@ export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_R
   NESTEDFP_MAX_ONGOING_REQUESTS=1024 NESTEDFP_MAX_QUEUED_REQUESTS=4096 \
   NESTEDFP_ENGINE_KWARGS='{"load_format": "dummy", "max_model_len": 8192, "gpu_memory_utilization": 0.85, "max_num_seqs": 256, "max_num_batched_tokens": 2048, "enable_prefix_caching": false}'
 export NESTEDFP_STEP_LOG=${NESTEDFP_STEP_LOG:-$out/steps.jsonl}
+# Every stats sample the controller receives goes to OUTDIR/signals.jsonl, to replay policies offline
+# (python -m loadtests.policy_replay).
+export NESTEDFP_SIGNAL_LOG=${NESTEDFP_SIGNAL_LOG:-$out/signals.jsonl}
 export NESTEDFP_POLICY__NAME=${NESTEDFP_POLICY__NAME:-slo} NESTEDFP_POLICY__PARAMS=${NESTEDFP_POLICY__PARAMS:-'{"ttft_s": 1.0, "tpot_s": 0.05}'}
 if ! curl -sf localhost:8000/v1/models >/dev/null; then
   t0=$(date +%s)

@@ -1,0 +1,104 @@
+"""A policy replayed offline on the stats the replicas reported during a run (``NESTEDFP_SIGNAL_LOG``).
+
+Why: a policy is a pure function of a replica's stats history (``policies/base.py``), so the
+controller's decisions can be recomputed from the recorded samples, for the policy that ran or for
+any other, without a GPU. It is open loop: the samples are what each replica saw in the modes it was
+really in. Replayed on a static-fp16 run, it shows where a policy would first leave fp16: at base load
+(a false alarm) or how soon into a burst. What would have followed a switch it cannot show.
+
+    python -m loadtests.policy_replay --signals signals.jsonl REPORT.json [--policy slo] [--params JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtests.jsonl import read_jsonl
+from policies import Policy, ReplicaStats, build_policy
+
+TICK_S = 0.25  # the controller's tick (policies.controller.PolicyController)
+HISTORY_LEN = 240  # the controller's history per replica
+
+
+def replay(samples: Sequence[Mapping[str, Any]], policy: Policy, start: float, end: float,
+           tick_s: float = TICK_S, history_len: int = HISTORY_LEN) -> dict[str, list[dict[str, Any]]]:
+    """Per replica: the switches ``policy`` makes from ``start`` to ``end`` when it ticks as the
+    controller does (every ``tick_s``, on the samples received so far, holding the last switch's time
+    for the dwell). Each replica starts in the mode of its first sample, with no dwell to wait out."""
+    by_replica: dict[str, list[ReplicaStats]] = {}
+    for d in samples:
+        s = ReplicaStats.from_dict(dict(d))
+        by_replica.setdefault(s.replica_id, []).append(s)
+    out = {}
+    for rid, stats in by_replica.items():
+        stats.sort(key=lambda s: s.timestamp)
+        history: deque[ReplicaStats] = deque(maxlen=history_len)
+        i, mode, since, switches = 0, None, None, []
+        for k in range(int((end - start) / tick_s) + 1):
+            now = start + k * tick_s
+            while i < len(stats) and stats[i].timestamp <= now:
+                history.append(stats[i])
+                i += 1
+            if not history:
+                continue
+            mode = mode or history[0].mode
+            held = math.inf if since is None else now - since
+            d = policy.decide(tuple(history), mode, held)
+            if d.mode != mode:
+                switches.append({"time": now, "from": mode, "to": d.mode, "reason": d.reason})
+                mode, since = d.mode, now
+        out[rid] = switches
+    return out
+
+
+def _phase(report: Mapping[str, Any], t: float) -> str | None:
+    return next((p["name"] for p in report["run"].get("phases", []) if p["start"] <= t < p["end"]), None)
+
+
+def run_replay(samples: Sequence[Mapping[str, Any]], report: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """``replay`` over a run's window; switch times relative to the run's start, with their phase."""
+    run = report["run"]
+    t0 = run["t0"]
+    per_replica = replay(samples, policy, t0, t0 + run["duration_s"] + run.get("drain_s", 0.0))
+    for switches in per_replica.values():
+        for s in switches:
+            s["t"] = round(s["time"] - t0, 2)
+            s["phase"] = _phase(report, s["t"])
+    return {"label": run.get("label"), "policy": policy.name, "replicas": per_replica}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--signals", required=True, help="the controller's signal log (JSON lines, may be .gz)")
+    ap.add_argument("reports", nargs="+", help="report.json of each run to replay over")
+    ap.add_argument("--policy", default="slo")
+    ap.add_argument("--params", default="{}", help="the policy's parameters, as JSON")
+    ap.add_argument("--out", help="write every run's replayed switches here as JSON")
+    args = ap.parse_args(argv)
+    try:
+        policy = build_policy(args.policy, json.loads(args.params))
+    except (ValueError, json.JSONDecodeError) as e:
+        ap.error(str(e))
+    samples = read_jsonl(args.signals)
+    results = []
+    for path in args.reports:
+        r = run_replay(samples, json.loads(Path(path).read_text()), policy)
+        results.append(r)
+        for rid, switches in r["replicas"].items():
+            to_fp8 = [s for s in switches if s["to"] == "fp8"]
+            where = ", ".join(f"{s['t']:.1f} s ({s['phase']})" for s in to_fp8)
+            print(f"{r['label']}: replica {rid}: {len(to_fp8)} switches to fp8: {where or '-'}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
