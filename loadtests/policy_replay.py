@@ -17,10 +17,10 @@ import math
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from loadtests.jsonl import read_jsonl
+from loadtests.offline import per_report
 from policies import Policy, ReplicaStats, build_policy
 
 TICK_S = 0.25  # the controller's tick (policies.controller.PolicyController)
@@ -87,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, json.JSONDecodeError) as e:
         ap.error(str(e))
     samples = read_jsonl(args.signals)
-    results = []
-    for path in args.reports:
-        r = run_replay(samples, json.loads(Path(path).read_text()), policy)
-        results.append(r)
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        out = []
         for rid, switches in r["replicas"].items():
             to_fp8 = [s for s in switches if s["to"] == "fp8"]
             where = ", ".join(f"{s['t']:.1f} s ({s['phase']})" for s in to_fp8)
-            print(f"{r['label']}: replica {rid}: {len(to_fp8)} switches to fp8: {where or '-'}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+            out.append(f"{r['label']}: replica {rid}: {len(to_fp8)} switches to fp8: {where or '-'}")
+        return out
+
+    per_report(args.reports, lambda rep: run_replay(samples, rep, policy), lines, args.out)
     return 0
 
 

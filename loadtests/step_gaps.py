@@ -9,13 +9,13 @@ stall). The windows come from a run's ``report.json``: the run, and a few second
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any, Sequence
 
 from loadtests.jsonl import read_jsonl
+from loadtests.offline import per_report
 
 
 class Steps:
@@ -84,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     a = p.parse_args(argv)
     steps = Steps.load(a.steps)
-    results = [dict(run_gaps(steps, json.loads(r.read_text())), report=str(r)) for r in a.reports]
-    for r in results:
+
+    def lines(r: dict[str, Any]) -> list[str]:
         sw = max((s["max_gap_s"] for s in r["switches"]), default=None)
-        print(f"{r['label']}: {r['steps']} steps, longest busy gap {r['max_gap_s'] * 1e3:.0f} ms "
-              f"at {r['max_gap_at_s']} s; {len(r['switches'])} switches, longest gap around one "
-              f"{'-' if sw is None else f'{sw * 1e3:.0f} ms'}")
-    if a.out:
-        a.out.write_text(json.dumps(results, indent=1))
+        return [(f"{r['label']}: {r['steps']} steps, longest busy gap {r['max_gap_s'] * 1e3:.0f} ms "
+                 f"at {r['max_gap_at_s']} s; {len(r['switches'])} switches, longest gap around one "
+                 f"{'-' if sw is None else f'{sw * 1e3:.0f} ms'}")]
+
+    per_report(a.reports, lambda rep: run_gaps(steps, rep), lines, a.out)
     return 0
 
 

@@ -15,14 +15,13 @@ step's largest inter-token latency and its token count, so every token of a step
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from loadtests.jsonl import read_jsonl
+from loadtests.offline import per_report
 
 WINDOW_S = 10.0  # deployments.engine_stats.WINDOW_S (not imported: this runs without the app's packages)
 REPORT_EVERY_S = 0.2  # how often a replica reports (policies.agent)
@@ -100,15 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write every run's signal and jumps here as JSON")
     args = ap.parse_args(argv)
     records = read_jsonl(args.steps)
-    results = []
-    for path in args.reports:
-        r = run_signal(records, json.loads(Path(path).read_text()), args.q)
-        results.append(r)
-        for pid, rep in r["replicas"].items():
-            js = ", ".join(f"{j['t']:.1f} s ({j['from_ms']:.1f} -> {j['to_ms']:.1f} ms)" for j in rep["jumps"])
-            print(f"{r['label']}: pid {pid}: {len(rep['jumps'])} jumps of 2x or more within 1 s: {js or '-'}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        return [f"{r['label']}: pid {pid}: {len(rep['jumps'])} jumps of 2x or more within 1 s: "
+                + (", ".join(f"{j['t']:.1f} s ({j['from_ms']:.1f} -> {j['to_ms']:.1f} ms)" for j in rep["jumps"])
+                   or "-") for pid, rep in r["replicas"].items()]
+
+    per_report(args.reports, lambda rep: run_signal(records, rep, args.q), lines, args.out)
     return 0
 
 

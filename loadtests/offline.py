@@ -1,0 +1,21 @@
+"""What the offline analyses of a run (``step_gaps``, ``step_itl``, ``policy_replay``) share at the command line:
+each reads some runs' ``report.json``, prints a few lines per run, and can write its results as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def per_report(reports: Sequence[str | Path], analyze: Callable[[dict[str, Any]], dict[str, Any]],
+               lines: Callable[[dict[str, Any]], Iterable[str]], out: str | Path | None = None) -> list[dict]:
+    """``analyze`` each report (its path kept as ``report``), print its ``lines``, write all to ``out`` if given."""
+    results = [dict(analyze(json.loads(Path(p).read_text())), report=str(p)) for p in reports]
+    for r in results:
+        for line in lines(r):
+            print(line)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
+    return results
