@@ -27,6 +27,11 @@ class SLOPolicy(Policy):
     min_dwell_s: float = 5.0
     predict_s: float = 1.0  # prediction horizon; 0 uses observations only
     trend_window: int = 5
+    # The prediction counts only while the observed ratio is at least this. Why: under long prompts the
+    # step signal's p90 can jump between its decode-only and prefill-step levels at a steady load, and the
+    # trend reads the jump as a climb (docs/BENCHMARKS.md, "Why the slo policy switches at base load").
+    # 0 (the default, as in every H200 run so far) trusts every prediction.
+    predict_min_ratio: float = 0.0
     # "step": p90 of per-token inter-token latencies (reacts within a step; its tail is the steps that
     # carry prefill chunks, so it reads above a per-request TPOT SLO's measure under long prompts).
     # "request": p90 of finished requests' mean TPOT, what a per-request TPOT SLO measures (lags by
@@ -46,6 +51,8 @@ class SLOPolicy(Policy):
             raise ValueError(f"slo tpot_signal must be one of {sorted(_TPOT_FIELDS)}, got {self.tpot_signal!r}")
         if self.min_dwell_s < 0 or self.predict_s < 0 or self.trend_window < 2:
             raise ValueError("slo needs min_dwell_s >= 0, predict_s >= 0, trend_window >= 2")
+        if not 0 <= self.predict_min_ratio < self.headroom_up:
+            raise ValueError("slo needs 0 <= predict_min_ratio < headroom_up")
 
     def decide(self, history: Sequence[ReplicaStats], current: Mode, seconds_in_mode: float) -> Decision:
         worst: tuple[float, str] | None = None
@@ -55,7 +62,7 @@ class SLOPolicy(Policy):
             observed = getattr(history[-1], field)
             predicted = observed + max(0.0, _slope(history[-self.trend_window :], field)) * self.predict_s
             ratio, what = observed / target, f"{field}/target"
-            if predicted / target > ratio:
+            if predicted / target > ratio >= self.predict_min_ratio:
                 ratio, what = predicted / target, f"{field}/target predicted {self.predict_s:g}s ahead"
             if worst is None or ratio > worst[0]:
                 worst = (ratio, what)

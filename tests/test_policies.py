@@ -117,6 +117,22 @@ def test_slo_prediction_switches_before_the_target_is_approached():
         assert switches[1][0] in DRAIN  # back once ttft_p90 <= 0.5 s, long before idle
 
 
+def test_slo_prediction_needs_the_observed_level_when_asked():
+    # A step signal jumping from its decode-only level (8 ms) to its prefill-step level (28 ms) within a
+    # second, at a steady load: the trend extrapolates past 0.9 of a 50 ms target.
+    jump = [stats(num_running=40, tpot_p90=v, timestamp=1000 + 0.2 * i)
+            for i, v in enumerate([0.008, 0.008, 0.008, 0.028, 0.028])]
+    d = SLOPolicy(tpot_s=0.05).decide(jump, "fp16", math.inf)
+    assert d.mode == "fp8" and "predicted" in d.reason  # the default trusts the prediction
+    assert SLOPolicy(tpot_s=0.05, predict_min_ratio=0.6).decide(jump, "fp16", math.inf).mode == "fp16"
+    climb = jump[:3] + [stats(num_running=40, tpot_p90=v, timestamp=1000.6 + 0.2 * i)
+                        for i, v in enumerate([0.031, 0.034])]
+    d = SLOPolicy(tpot_s=0.05, predict_min_ratio=0.6).decide(climb, "fp16", math.inf)
+    assert d.mode == "fp8" and "predicted" in d.reason  # past 0.6 of the target, the trend counts again
+    with pytest.raises(ValueError, match="predict_min_ratio"):
+        build_policy("slo", {"tpot_s": 0.05, "predict_min_ratio": 0.95})
+
+
 def test_slo_uses_the_tighter_target():
     s = stats(num_running=32, ttft_p90=0.1, tpot_p90=0.046)
     d = SLOPolicy(ttft_s=2.0, tpot_s=0.05).decide([s], "fp16", math.inf)
