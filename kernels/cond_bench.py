@@ -21,7 +21,7 @@ from unittest import mock
 import torch
 
 from kernels import cuda_conditional, triton_dispatch
-from kernels.bench import bench, make_weight
+from kernels.bench import bench, graphed, make_weight
 from kernels.nested_format import nested_merge
 from kernels.ops import new_mode_tensor, set_host_mode
 from kernels.tuning import LLAMA_SHAPES
@@ -31,16 +31,6 @@ VARIANTS = {  # name: (USE_CONDITIONAL, CUBLASLT_FP8_MIN_M)
     "cond_lt": (True, 1),
     "cond_triton": (True, 1 << 30),
 }
-
-
-def graph_of(fn):
-    """fn captured once (after one eager warm-up call), and its replay."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn()
-    return g, out
 
 
 def run_variant(x: torch.Tensor, nw, mode: torch.Tensor, use_cond: bool, min_m: int) -> dict:
@@ -55,14 +45,15 @@ def run_variant(x: torch.Tensor, nw, mode: torch.Tensor, use_cond: bool, min_m: 
             set_host_mode(mode, md)
             eager[md] = op().clone()
         set_host_mode(mode, "fp16")
-        g, out = graph_of(op)
+        outs: list[torch.Tensor] = []
+        replay = graphed(lambda: outs.append(op()))  # outs[-1]: the captured call's output
         for md in ("fp8", "fp16"):
             set_host_mode(mode, md)
-            out.fill_(float("nan"))
-            g.replay()
+            outs[-1].fill_(float("nan"))
+            replay()
             torch.cuda.synchronize()
-            r[f"equal_{md}"] = bool(torch.equal(out, eager[md]))
-            r[f"{md}_us"] = bench(g.replay)
+            r[f"equal_{md}"] = bool(torch.equal(outs[-1], eager[md]))
+            r[f"{md}_us"] = bench(replay)
     return r
 
 
@@ -75,8 +66,7 @@ def run_shape(name: str, ms: tuple[int, ...]) -> list[dict]:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         mode = new_mode_tensor("cuda", "fp16")
         r = dict(shape=name, n=n, k=k, m=m)
-        g, _ = graph_of(lambda x=x: torch.matmul(x, w16.t()))
-        r["cublas_fp16_us"] = bench(g.replay)
+        r["cublas_fp16_us"] = bench(graphed(lambda x=x: torch.matmul(x, w16.t())))
         for variant, (use_cond, min_m) in VARIANTS.items():
             for key, v in run_variant(x, nw, mode, use_cond, min_m).items():
                 r[f"{variant}_{key}"] = v

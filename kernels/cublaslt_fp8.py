@@ -53,7 +53,7 @@ def scaled_mm_into(q: torch.Tensor, s: torch.Tensor, upper: torch.Tensor, scale_
                    bias: torch.Tensor | None, out: torch.Tensor) -> None:
     """``out = q @ upper.T * (s x 2**(-8 + scale_exp)) (+ bias)`` on cuBLASLt; ``out`` [M, N] contiguous.
 
-    Also what a CUDA graph's FP8 branch captures (``kernels.cond_graph``), so it allocates nothing
+    Also what a captured conditional node's FP8 branch runs (``triton_dispatch``), so it allocates nothing
     but cuBLASLt's own workspace.
     """
     torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=_weight_scale(upper, scale_exp),

@@ -122,10 +122,9 @@ def conditional(x2d: torch.Tensor) -> bool:
 
 def fp8_on_cublaslt(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
     """FP8 mode's GEMM is cuBLASLt's for this call, eager or captured (module docstring)."""
-    m = x2d.shape[0]
-    if not cublaslt_fp8.usable(x2d, upper):
-        return False
-    return m >= LARGE_M_THRESHOLD or (m >= CUBLASLT_FP8_MIN_M and conditional(x2d))
+    m = x2d.shape[0]  # the M tests first: every eager FP8 call asks, and usable() costs more
+    by_m = m >= LARGE_M_THRESHOLD or (m >= CUBLASLT_FP8_MIN_M and conditional(x2d))
+    return by_m and cublaslt_fp8.usable(x2d, upper)
 
 
 def _capture_conditional(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor,

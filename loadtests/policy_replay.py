@@ -2,7 +2,7 @@
 
 Why: a policy is a pure function of a replica's stats history (``policies/base.py``), so the
 controller's decisions can be recomputed from the recorded samples, for the policy that ran or for
-any other, without a GPU. It is open loop: the samples are what each replica saw in the modes it was
+any other, without a GPU: the controller itself is fed the samples on a replayed clock. It is open loop: the samples are what each replica saw in the modes it was
 really in. Replayed on a static-fp16 run, it shows where a policy would first leave fp16: at base load
 (a false alarm) or how soon into a burst. What would have followed a switch it cannot show.
 
@@ -12,49 +12,47 @@ really in. Replayed on a static-fp16 run, it shows where a policy would first le
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import math
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loadtests.jsonl import read_jsonl
 from loadtests.offline import per_report
 from policies import Policy, ReplicaStats, build_policy
+from policies.controller import PrecisionController
 
 TICK_S = 0.25  # the controller's tick (policies.controller.PolicyController)
-HISTORY_LEN = 240  # the controller's history per replica
 
 
 def replay(samples: Sequence[Mapping[str, Any]], policy: Policy, start: float, end: float,
-           tick_s: float = TICK_S, history_len: int = HISTORY_LEN) -> dict[str, list[dict[str, Any]]]:
-    """Per replica: the switches ``policy`` makes from ``start`` to ``end`` when it ticks as the
-    controller does (every ``tick_s``, on the samples received so far, holding the last switch's time
-    for the dwell). Each replica starts in the mode of its first sample, with no dwell to wait out."""
-    by_replica: dict[str, list[ReplicaStats]] = {}
-    for d in samples:
-        s = ReplicaStats.from_dict(dict(d))
-        by_replica.setdefault(s.replica_id, []).append(s)
-    out = {}
-    for rid, stats in by_replica.items():
-        stats.sort(key=lambda s: s.timestamp)
-        history: deque[ReplicaStats] = deque(maxlen=history_len)
-        i, mode, since, switches = 0, None, None, []
+           tick_s: float = TICK_S) -> dict[str, list[dict[str, Any]]]:
+    """Per replica: the switches ``policy`` makes from ``start`` to ``end``, made by the controller itself
+    (``PrecisionController`` on a replayed clock): each sample reported at its time, a tick every ``tick_s``.
+    Each replica registers as at app start (fp16, no dwell to wait out); a signal log begins there too."""
+    clock = {"now": start}
+    controller = PrecisionController(policy, clock=lambda: clock["now"])
+    stats = sorted((ReplicaStats.from_dict(dict(d)) for d in samples), key=lambda s: s.timestamp)
+    replicas = list(dict.fromkeys(s.replica_id for s in stats))
+
+    async def run() -> None:
+        for rid in replicas:
+            await controller.mode_for(rid)
+        i = 0
         for k in range(int((end - start) / tick_s) + 1):
             now = start + k * tick_s
             while i < len(stats) and stats[i].timestamp <= now:
-                history.append(stats[i])
+                clock["now"] = max(start, stats[i].timestamp)
+                await controller.report(stats[i])
                 i += 1
-            if not history:
-                continue
-            mode = mode or history[0].mode
-            held = math.inf if since is None else now - since
-            d = policy.decide(tuple(history), mode, held)
-            if d.mode != mode:
-                switches.append({"time": now, "from": mode, "to": d.mode, "reason": d.reason})
-                mode, since = d.mode, now
-        out[rid] = switches
+            clock["now"] = now
+            controller.tick()
+
+    asyncio.run(run())
+    out: dict[str, list[dict[str, Any]]] = {rid: [] for rid in replicas}
+    for e in controller.status()["switches"]:
+        out[e["replica"]].append({k: e[k] for k in ("time", "from", "to", "reason")})
     return out
 
 
