@@ -142,7 +142,7 @@ def scaled_mm_fn(x: torch.Tensor, nw: NestedWeight):
 def plain_fp16_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """Diagnostic: the NestedFP16 kernel's loop on an ordinary FP16 weight (no merge), same tiles."""
-    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    pid_n, pid_m = tile_ids(tl.program_id(0), M, N, BLOCK_N, BLOCK_M, GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)

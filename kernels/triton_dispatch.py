@@ -168,7 +168,8 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     cfg16 = None if tile else get_config("fp16", n, k, m)
     quant = None
     if name is None:
-        programs = cdiv(n, tile[0]) * cdiv(m, tile[1]) if tile else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m)
+        programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) if tile
+                    else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
         if not cfg8.fused_quant and 2 * programs >= m:

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from kernels.fast_launch import cdiv, launch
-from kernels.triton_fp8 import prepare, quantize_rows, tile_ids
+from kernels.split_k import k_range, reduce_partials
+from kernels.triton_fp8 import prepare, quantize_rows, split_buffers, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 # Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
@@ -61,10 +62,10 @@ def merge_planes(u, lo, USE_ASM: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])
 def nested_fp16_kernel(
     x_ptr, u_ptr, l_ptr, bias_ptr, y_ptr, mode_ptr, q_ptr, s_ptr,
-    M, N, K, stride_xm, stride_ym, out_scale,
+    M, N, K, stride_xm, stride_ym, out_scale, ws_ptr, sem_ptr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, USE_ASM: tl.constexpr, QUANT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-    SWAP_AB: tl.constexpr,
+    SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # The mode lives on the device: a CUDA graph captured once serves both modes. In FP8 mode
     # this launch is not wasted: with QUANT its programs quantize x for the FP8 GEMM that follows.
@@ -75,22 +76,25 @@ def nested_fp16_kernel(
                 quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, 1024, not USE_ASM)
         return
     u_ptr = u_ptr.to(tl.pointer_type(tl.uint8))  # the E4M3 upper plane, read as bytes
-    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    tile = tl.program_id(0) // SPLIT_K  # SPLIT_K programs per tile (kernels.split_k)
+    pid_k = tl.program_id(0) % SPLIT_K
+    k_lo, k_hi = k_range(K, BLOCK_K, SPLIT_K, pid_k)
+    pid_n, pid_m = tile_ids(tile, M, N, BLOCK_N, BLOCK_M, GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     # Rows past N / M wrap onto valid rows (unmasked, vectorised loads); the store drops them.
     rn = offs_n % N
     rm = offs_m % M
-    w_off = rn[:, None].to(tl.int64) * K + offs_k[None, :]
+    w_off = rn[:, None].to(tl.int64) * K + offs_k[None, :] + k_lo * BLOCK_K
     u_ptrs = u_ptr + w_off
     l_ptrs = l_ptr + w_off
-    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + offs_k[None, :] + k_lo * BLOCK_K
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(k_lo, k_hi):
         if EVEN_K:
             u = tl.load(u_ptrs)
             lo = tl.load(l_ptrs)
@@ -108,6 +112,10 @@ def nested_fp16_kernel(
         u_ptrs += BLOCK_K
         l_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    if SPLIT_K > 1:
+        acc, last = reduce_partials(acc, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K)
+        if not last:
+            return
     if SWAP_AB:
         acc = tl.trans(acc)
     acc = acc * out_scale  # 2**scale_exp: exact
@@ -143,11 +151,14 @@ def nested_fp16_gemm(
     sx, so = x2d.stride(0), out.stride(0)
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, x2d.data_ptr() & 15, out.data_ptr() & 15,
             upper.data_ptr() & 15, lower.data_ptr() & 15, n & 15, k & 15, sx & 15, so & 15, n == 1, k == 1)
+    tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
+    cfg, ws, sem = split_buffers(x2d.device, tiles, cfg, out)
     launch(
-        nested_fp16_kernel, cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m),
-        (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp),
+        nested_fp16_kernel, tiles * cfg.split_k,
+        (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp, ws, sem),
         dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda, QUANT=quant_out is not None,
-             BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group, SWAP_AB=cfg.swap_ab),
+             BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group, SWAP_AB=cfg.swap_ab,
+             SPLIT_K=cfg.split_k),
         cfg.num_warps, cfg.num_stages, spec,
     )
     return out

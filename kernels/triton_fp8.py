@@ -17,12 +17,15 @@ Also here: the operand checks and tile order both GEMMs share.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels.fast_launch import cdiv, launch
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
+from kernels.split_k import buffers, k_range, reduce_partials
 from kernels.tuning import TileConfig, get_config
 
 FP8_MAX = tl.constexpr(448.0)
@@ -56,9 +59,8 @@ def prepare(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, out: to
 
 
 @triton.jit
-def tile_ids(M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
-    """Grouped launch order: GROUP weight-row blocks share each activation block while hot in L2."""
-    pid = tl.program_id(0)
+def tile_ids(pid, M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped tile order: GROUP weight-row blocks share each activation block while hot in L2."""
     num_n = tl.cdiv(N, BLOCK_N)
     num_m = tl.cdiv(M, BLOCK_M)
     per_group = GROUP * num_m
@@ -155,19 +157,25 @@ def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.
 def nested_fp8_kernel(
     x_ptr, xs_ptr, u_ptr, bias_ptr, y_ptr, mode_ptr,
     M, N, K, stride_xm, stride_ym, w_scale,
+    ws_ptr, sem_ptr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, FUSED_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """``x_ptr``: E4M3 activations with scales at ``xs_ptr``, or (FUSED_QUANT) the raw fp16/bf16 x."""
+    """``x_ptr``: E4M3 activations with scales at ``xs_ptr``, or (FUSED_QUANT) the raw fp16/bf16 x.
+    ``SPLIT_K`` > 1: that many programs per tile, each over a slice of K (``kernels.split_k``)."""
     if tl.load(mode_ptr) != 1:
         return
-    pid_n, pid_m = tile_ids(M, N, BLOCK_N, BLOCK_M, GROUP)
+    tile = tl.program_id(0) // SPLIT_K
+    pid_k = tl.program_id(0) % SPLIT_K
+    k_lo, k_hi = k_range(K, BLOCK_K, SPLIT_K, pid_k)
+    pid_n, pid_m = tile_ids(tile, M, N, BLOCK_N, BLOCK_M, GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     rn = offs_n % N
     rm = offs_m % M
-    u_ptrs = u_ptr + rn[:, None].to(tl.int64) * K + offs_k[None, :]
+    u_ptrs = u_ptr + rn[:, None].to(tl.int64) * K + offs_k[None, :] + k_lo * BLOCK_K
     x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     if FUSED_QUANT:
         amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -177,8 +185,9 @@ def nested_fp8_kernel(
             amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
         x_scale = act_scale(amax, INTERPRET)
         x_rcp = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), x_scale)
+    x_ptrs += k_lo * BLOCK_K
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(k_lo, k_hi):
         if EVEN_K:
             w = tl.load(u_ptrs)
             xt = tl.load(x_ptrs)
@@ -192,6 +201,10 @@ def nested_fp8_kernel(
         acc = tl.dot(w, tl.trans(xt), acc)
         u_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    if SPLIT_K > 1:
+        acc, last = reduce_partials(acc, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K)
+        if not last:
+            return
     if not FUSED_QUANT:
         x_scale = tl.load(xs_ptr + rm)
     acc = acc * (x_scale * w_scale)[None, :]  # same association as the reference: acc * (s_x * s_w)
@@ -245,15 +258,29 @@ def nested_fp8_gemm(
     else:
         (xq, xs), stride = quantized if quantized is not None else act_quant(x2d, mode), k
     so = out.stride(0)
+    tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
+    cfg, ws, sem = split_buffers(x2d.device, tiles, cfg, out)
     spec = (xq.dtype, xs.dtype, out.dtype, None if bias is None else bias.dtype, xq.data_ptr() & 15,
             out.data_ptr() & 15, upper.data_ptr() & 15, n & 15, k & 15, stride & 15, so & 15, n == 1, k == 1)
     launch(
-        nested_fp8_kernel, cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m),
+        nested_fp8_kernel, tiles * cfg.split_k,
         (xq, xs, upper, bias if bias is not None else out, out, mode,
-         m, n, k, stride, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
+         m, n, k, stride, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp), ws, sem),
         dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, FUSED_QUANT=fused,
              INTERPRET=not x2d.is_cuda, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
-             GROUP=cfg.group),
+             GROUP=cfg.group, SPLIT_K=cfg.split_k),
         cfg.num_warps, cfg.num_stages, spec,
     )
     return out
+
+
+def split_buffers(device: torch.device, tiles: int, cfg: TileConfig,
+                  unused: torch.Tensor) -> tuple[TileConfig, torch.Tensor, torch.Tensor]:
+    """(config, partials workspace, semaphores) for a launch: ``unused`` twice without split-K, or
+    where a capture finds no buffers (``kernels.split_k``), with the config's split-K turned off."""
+    if cfg.split_k > 1:
+        got = buffers(device, tiles, tiles * cfg.split_k * cfg.block_n * cfg.block_m)
+        if got is not None:
+            return cfg, *got
+        cfg = replace(cfg, split_k=1)
+    return cfg, unused, unused

@@ -32,6 +32,7 @@ class TileConfig:
     group: int = 8
     fused_quant: bool = False  # fp8 only: quantize activations inside the GEMM
     swap_ab: bool = True  # weights in the MMA's M slot; False: activations there (large M)
+    split_k: int = 1  # programs per tile, each over a slice of K (kernels.split_k): small grids
 
     @classmethod
     def from_dict(cls, d: dict) -> "TileConfig":
@@ -60,18 +61,21 @@ def token_block(m: int) -> int:
 
 
 def heuristic_config(kind: str, n: int, k: int, m: int) -> TileConfig:
-    """Defaults for shapes the table lacks: what won most often in the H200 sweep, per M range."""
+    """Defaults for shapes the table lacks: what won most often in the H200 sweep, per M range.
+    Split-K only where K is long against N: the one kind of layer where it won in both modes
+    (8B.down, K = 3.5 N; docs/BENCHMARKS.md, "Kernels v5")."""
     C = TileConfig
+    split = 2 if k >= 3 * n else 1
     if kind == "fp16":
         if m <= 16:
-            return C(32, token_block(m), 256, 4, 4)
+            return C(32, token_block(m), 256, 4, 4, split_k=split)
         if m <= 64:
-            return C(64, 64, 128, 4, 4, swap_ab=False)
+            return C(64, 64, 128, 4, 4, swap_ab=False, split_k=split)
         if m <= 256:
             return C(64, 128, 64, 4, 4, swap_ab=False)
         return C(128, 256, 64, 8, 3, swap_ab=False)
     if m <= 64:
-        return C(64, token_block(m), 256, 4, 4)
+        return C(64, token_block(m), 256, 4, 4, split_k=split)
     if m <= 256:
         return C(64, 128, 128, 4, 4)
     return C(128, 256, 128, 8, 3)
@@ -162,8 +166,24 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) ->
     return table
 
 
-def candidates(kind: str, m: int) -> list[TileConfig]:
-    """Configs the sweep times for one M (a short list: each costs a compile on the H200)."""
+def split_choices(n: int, k: int, m: int, cfg: TileConfig) -> list[int]:
+    """Split-K factors worth timing for a tile: only where the tiles alone leave SMs without a
+    second program (below 264 programs on the H200's 132 SMs), keeping >= 2 K steps per split."""
+    tiles = -(-n // cfg.block_n) * -(-m // cfg.block_m)
+    steps = -(-k // cfg.block_k)
+    return [1] + [s for s in (2, 4, 8) if tiles < 264 and tiles * s <= 1056 and steps >= 2 * s]
+
+
+def candidates(kind: str, m: int, n: int | None = None, k: int | None = None) -> list[TileConfig]:
+    """Configs the sweep times for one M (a short list: each costs a compile on the H200); given
+    (N, K), M <= 64 tiles also come with their split-K variants."""
+    base = _base_candidates(kind, m)
+    if n is None or k is None or m > 64:
+        return base
+    return [replace(c, split_k=s) for c in base for s in split_choices(n, k, m, c)]
+
+
+def _base_candidates(kind: str, m: int) -> list[TileConfig]:
     C = TileConfig
     tb = token_block(m)
     if kind == "fp16":
@@ -188,9 +208,11 @@ def candidates(kind: str, m: int) -> list[TileConfig]:
                 C(32, tb, 512, 4, 4), C(128, tb, 128, 4, 5), C(16, tb, 512, 4, 4)]
         fused = [replace(c, fused_quant=True) for c in base[:4]] if m <= 16 else []
         return base + fused
-    if m <= 256:
+    if m <= 512:  # larger weight tiles read x from L2 fewer times (it is read once per weight tile)
+        tb = min(256, token_cap(m))
         return [C(128, 64, 128, 4, 4), C(128, 128, 128, 8, 3), C(256, 64, 128, 8, 3),
-                C(128, 64, 256, 4, 3), C(64, 128, 128, 4, 4)]
+                C(128, 64, 256, 4, 3), C(64, 128, 128, 4, 4), C(128, 128, 128, 4, 4),
+                C(128, tb, 128, 8, 3), C(256, 128, 128, 8, 3), C(128, 128, 256, 8, 3), C(64, tb, 128, 4, 4)]
     return [C(128, 128, 128, 8, 4), C(128, 256, 128, 8, 3), C(256, 128, 128, 8, 3),
             C(128, 128, 128, 4, 4), C(256, 128, 128, 8, 4)]
 
@@ -205,8 +227,13 @@ SWEEP_MS = (16, 64, 256, 1024, 4096, 8192)  # one M per tuned bucket (M = 1 uses
 CHECK_TOL = 5e-3  # relative Frobenius error allowed against the reference before a config is timed
 
 
-def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=SWEEP_MS, rep_ms: int = 25) -> dict:
-    """Time every candidate per (kind, N, K, M); keep the fastest that passes the reference check."""
+def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=SWEEP_MS, rep_ms: int = 25,
+          base: dict | None = None, kinds: tuple[str, ...] = KINDS) -> dict:
+    """Time every candidate per (kind, N, K, M); keep the fastest that passes the reference check.
+    Each candidate is timed as a CUDA-graph replay of its launches: the GPU's time alone, which
+    eager timing at small M is not wherever the host's enqueue outlasts do_bench's L2 flush
+    (docs/BENCHMARKS.md, "Kernels v5"). ``base``: a committed table (configs and sweep rows) to
+    update: only the swept (kind, N, K, M bucket) entries and rows are replaced."""
     import time
 
     import torch
@@ -214,27 +241,29 @@ def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=S
     import triton
 
     from kernels import nested_merge, nested_split
+    from kernels.bench import graphed
     from kernels.ops import new_mode_tensor
     from kernels.reference import fp8_linear_reference
     from kernels.triton_fp8 import nested_fp8_gemm
     from kernels.triton_fp16 import nested_fp16_gemm
 
-    configs: dict = {kind: {} for kind in KINDS}
-    timings = []
+    configs: dict = json.loads(json.dumps(base["configs"])) if base else {kind: {} for kind in KINDS}
+    swept = {(kind, n, k, m_bucket(m)) for kind in kinds for n, k in shapes.values() for m in ms}
+    timings = [r for r in base["sweep"] if (r["kind"], r["n"], r["k"], m_bucket(r["m"])) not in swept] if base else []
     t0 = time.time()
     for name, (n, k) in shapes.items():
         nw = nested_split((torch.randn(n, k, device="cuda") * 0.02).half())
         w16 = nested_merge(nw)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            t_cublas = triton.testing.do_bench(lambda: torch.matmul(x, w16.t()), warmup=5, rep=rep_ms,
+            t_cublas = triton.testing.do_bench(graphed(lambda: torch.matmul(x, w16.t())), warmup=5, rep=rep_ms,
                                                return_mode="median")
-            for kind in KINDS:
+            for kind in kinds:
                 mode = new_mode_tensor("cuda", kind)
                 ref = F.linear(x, w16) if kind == "fp16" else fp8_linear_reference(x, nw.upper, nw.fp8_weight_scale)
                 out = torch.empty(m, n, device="cuda", dtype=torch.float16)
                 best = None
-                for cfg in candidates(kind, m):
+                for cfg in candidates(kind, m, n, k):
                     if kind == "fp16":
                         fn = lambda: nested_fp16_gemm(x, nw.upper, nw.lower, mode, 0, out=out, config=cfg)  # noqa: E731
                     else:
@@ -247,7 +276,8 @@ def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=S
                         row["rel_err"] = err
                         if not err < CHECK_TOL:
                             raise AssertionError(f"rel err {err:.3g}")
-                        row["us"] = triton.testing.do_bench(fn, warmup=5, rep=rep_ms, return_mode="median") * 1e3
+                        row["us"] = triton.testing.do_bench(graphed(fn), warmup=5, rep=rep_ms,
+                                                            return_mode="median") * 1e3
                     except Exception as e:  # a config that fails to compile (shared memory) or to check
                         row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                         timings.append(row)
@@ -266,13 +296,15 @@ def sweep(out_path: str, shapes: dict[str, tuple[int, int]] = LLAMA_SHAPES, ms=S
 
 
 def _write(out_path: str, configs: dict, timings: list) -> dict:
+    import sys
     import time
 
     import torch
     import triton
 
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                  date=time.strftime("%Y-%m-%d"), command="python -m kernels.tuning --sweep",
+                  date=time.strftime("%Y-%m-%d"),
+                  command="python -m kernels.tuning " + " ".join(sys.argv[1:]),
                   configs=configs, sweep=timings)
     Path(out_path).write_text(json.dumps(result, indent=1))
     return result
@@ -286,10 +318,14 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(TABLE_PATH))
     ap.add_argument("--shapes", default=",".join(LLAMA_SHAPES), help="comma-separated names from LLAMA_SHAPES")
     ap.add_argument("--ms", default=",".join(map(str, SWEEP_MS)))
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--update", action="store_true",
+                    help="start from the committed table: replace only the swept (shape, M bucket) entries")
     ap.add_argument("--gluon-table", default=None, metavar="CHECK_JSON",
                     help="write gluon_tiles_h200.json from a kernels.gluon_check result")
     args = ap.parse_args()
     if args.gluon_table:
         write_gluon_table(args.gluon_table)
     if args.sweep:
-        sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))))
+        sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))),
+              base=json.loads(TABLE_PATH.read_text()) if args.update else None, kinds=tuple(args.kinds.split(",")))

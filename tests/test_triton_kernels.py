@@ -7,6 +7,7 @@ benchmark shape again on the GPU (``python -m kernels.bench``), where the merge 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import subprocess
@@ -31,7 +32,7 @@ def _interpreted_modules():
     """
     from triton.runtime.interpreter import InterpretedFunction
 
-    names = ["kernels.tuning", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
+    names = ["kernels.tuning", "kernels.split_k", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
              "kernels.triton_dispatch"]
     mods = {n: importlib.import_module(n) for n in names}
     if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
@@ -57,10 +58,14 @@ FP8_TOL = 2e-3  # same quantization as the reference: only summation order and o
 SMALL_FP16 = [
     TileConfig(32, 16, 32, num_warps=4, num_stages=2, group=2),
     TileConfig(16, 32, 64, num_warps=4, num_stages=2, group=1, swap_ab=False),
+    TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=2, split_k=3),
+    TileConfig(16, 32, 32, num_warps=4, num_stages=2, group=1, swap_ab=False, split_k=4),
 ]
 SMALL_FP8 = [
     TileConfig(32, 16, 64, num_warps=4, num_stages=2, group=2),
     TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=1, fused_quant=True),
+    TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=2, split_k=4),
+    TileConfig(16, 16, 32, num_warps=4, num_stages=2, group=1, fused_quant=True, split_k=2),
 ]
 SHAPES = [(1, 48, 80), (7, 96, 136), (33, 72, 200)]  # (M, N, K): none a multiple of the tiles
 
@@ -106,7 +111,7 @@ def test_merge_asm_algorithm_is_bit_exact_for_every_in_range_fp16():
     assert torch.equal(got, nested_merge(nw).view(torch.int16))
 
 
-@pytest.mark.parametrize("cfg", SMALL_FP16, ids=["swap_ab", "w_in_smem"])
+@pytest.mark.parametrize("cfg", SMALL_FP16, ids=["swap_ab", "w_in_smem", "swap_ab_split_k", "w_in_smem_split_k"])
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_fp16_kernel_matches_reference_at_fp16_gemm_error(m, n, k, cfg):
     nw = _weights(n, k)
@@ -119,7 +124,7 @@ def test_fp16_kernel_matches_reference_at_fp16_gemm_error(m, n, k, cfg):
     assert rel_err(out, exact) < FP16_TOL
 
 
-@pytest.mark.parametrize("cfg", SMALL_FP8, ids=["act_quant_kernel", "fused_quant"])
+@pytest.mark.parametrize("cfg", SMALL_FP8, ids=["act_quant_kernel", "fused_quant", "split_k", "fused_quant_split_k"])
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
     nw = _weights(n, k)
@@ -127,6 +132,23 @@ def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
     out = tfp8.nested_fp8_gemm(x, nw.upper, new_mode_tensor("cpu", "fp8"), nw.scale_exp,
                                out=_poisoned(m, n), config=cfg)
     assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
+
+
+def test_split_k_sums_in_a_fixed_order_and_leaves_its_semaphores_at_zero():
+    """Split-K (more programs than tiles, the last to arrive sums the partials): equal output on
+    every launch, the same as one program per tile up to summation order, counters reset for the next."""
+    from kernels import split_k
+
+    nw = _weights(72, 200)  # K = 200: 7 steps of 32 over 3 splits, one of them short
+    x = torch.randn(7, 200).half()
+    mode16, mode8 = new_mode_tensor("cpu", "fp16"), new_mode_tensor("cpu", "fp8")
+    for kernel, cfg in ((tfp16.nested_fp16_gemm, SMALL_FP16[2]), (tfp8.nested_fp8_gemm, SMALL_FP8[2])):
+        run = (lambda c: kernel(x, nw.upper, nw.lower, mode16, 0, out=_poisoned(7, 72), config=c)) \
+            if kernel is tfp16.nested_fp16_gemm else (lambda c: kernel(x, nw.upper, mode8, 0, out=_poisoned(7, 72), config=c))
+        first, second = run(cfg), run(cfg)
+        assert torch.equal(first, second)
+        assert rel_err(first, run(dataclasses.replace(cfg, split_k=1))) < 1e-3
+        assert not split_k.semaphores(x.device).any(), "a split-K launch left a counter set"
 
 
 @pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40])
