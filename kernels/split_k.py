@@ -1,60 +1,90 @@
 """Split-K for the small-M GEMMs: more programs than weight tiles, one launch, a deterministic sum.
 
-Why: at decode a layer has few weight tiles (8B.o: N = 4096 is 64 tiles of 64 rows), fewer than the
-H200's 132 SMs. Each program streams its weight rows at a roughly fixed rate, so such a launch reads
-at a fraction of the memory bandwidth. With ``SPLIT_K`` programs per tile, each sums its slice of K
-into an fp32 partial tile. The last one to arrive at the tile's semaphore adds all the partials in a
-fixed order (so the result does not depend on which program finished last), runs the epilogue, and
-sets the semaphore back to 0 for the next launch. So the op stays one launch, and CUDA graphs replay it as is.
+Why: at decode a layer can have fewer weight tiles than the H200 has SMs (8B.o: N = 4096 is 64 tiles
+of 64 rows, against 132 SMs). With ``SPLIT_K`` programs per tile, each sums its slice of K into an
+fp32 partial tile. The last one to arrive at the tile's semaphore adds all the partials in a fixed
+order (so the result does not depend on which program finished last), runs the epilogue, and sets the
+semaphore back to 0 for the next launch. So the op stays one launch, and CUDA graphs replay it as is.
+The tile table uses it only where the H200 sweep measured it faster: mostly long K against N, as in
+8B.down (docs/BENCHMARKS.md, "Kernels v5").
 
-Host side: ``buffers`` keeps, per device, the partial tiles and the zeroed counters. Launches run one
-at a time (vLLM runs a forward on one stream), each leaves its counters at zero and reads its partials
-before it ends, so one set serves every launch, and no launch allocates. The set is allocated by an
-eager call, never inside a CUDA-graph capture: there its zeroing would only be recorded, not run, and
-other graphs would find the counters unset. A capture that finds no set large enough runs one program
-per tile instead (the kernels' warm-up makes the set before vLLM captures).
+Host side: ``buffers`` keeps, per device, the partial tiles and the zeroed counters. Each launch
+leaves its counters at zero and reads its partials before it ends, so one set serves every launch,
+and no launch allocates, as long as split-K launches on one device run one at a time. vLLM runs a
+model's forward on one stream. Where two streams could run these GEMMs at once, turn split-K off
+(``NESTEDFP_SPLIT_K=0``). The set is allocated outside CUDA-graph captures (``reserve``, called when
+the vLLM linear method loads a layer, or the first eager call that needs it): inside a capture its
+zeroing would only be recorded, not run, so other graphs would find the counters unset. A capture
+that finds no set large enough runs one program per tile instead, and says so once in the log.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-_BUFFERS: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+logger = logging.getLogger(__name__)
+
+ENABLED = os.environ.get("NESTEDFP_SPLIT_K", "1") != "0"
+_BUFFERS: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers: graphs captured earlier may still point at them
 _MIN_SEMAPHORES = 1 << 16
-_MIN_PARTIALS = 1 << 22  # fp32 elements (16 MiB)
+_MIN_PARTIALS = 1 << 22  # fp32 elements (16 MiB): the Llama-3.1 tables' largest need is 2.6 M
+_warned_capture = False
+
+
+def _key(device: torch.device) -> tuple[str, int]:
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+    return (device.type, index)
 
 
 def buffers(device: torch.device, tiles: int, partials: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(>= ``partials`` fp32 elements of workspace, >= ``tiles`` zeroed int32 counters) on ``device``;
-    None during a CUDA-graph capture that would need to allocate them (module docstring)."""
-    key = -1 if device.type != "cuda" else (device.index if device.index is not None else torch.cuda.current_device())
+    None where split-K is off, or during a CUDA-graph capture that would need to allocate them."""
+    global _warned_capture
+    if not ENABLED:
+        return None
+    key = _key(device)
     got = _BUFFERS.get(key)
     if got is not None and got[0].numel() >= partials and got[1].numel() >= tiles:
         return got
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if not _warned_capture:
+            _warned_capture = True
+            logger.warning("nestedfp: a CUDA-graph capture found no split-K buffers of %d partials and %d "
+                           "counters on %s; captured GEMMs run one program per tile", partials, tiles, device)
         return None
     if got is not None:
         _RETIRED.extend(got)
+        partials, tiles = max(partials, 2 * got[0].numel()), max(tiles, 2 * got[1].numel())
     got = _BUFFERS[key] = (torch.empty(max(partials, _MIN_PARTIALS), dtype=torch.float32, device=device),
                            torch.zeros(max(tiles, _MIN_SEMAPHORES), dtype=torch.int32, device=device))
     return got
 
 
-def semaphores(device: torch.device) -> torch.Tensor:
-    """The device's counters (tests: all zero between launches)."""
-    return buffers(device, 0, 0)[1]
+def reserve(device: torch.device) -> None:
+    """Allocate the device's buffers now (outside any capture), at their minimum size."""
+    buffers(device, 0, 0)
+
+
+def semaphores(device: torch.device) -> torch.Tensor | None:
+    """The device's counters, if allocated (tests: all zero between launches)."""
+    got = _BUFFERS.get(_key(device))
+    return None if got is None else got[1]
 
 
 @triton.jit
 def k_range(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, pid_k):
-    """The K steps [lo, hi) of split ``pid_k``: contiguous, as even as the step count allows."""
+    """The K steps [lo, hi) of split ``pid_k``: contiguous, sizes differing by at most one (a split is
+    empty only where there are fewer steps than splits; it then adds a zero partial)."""
     steps = tl.cdiv(K, BLOCK_K)
-    per = tl.cdiv(steps, SPLIT_K)
-    lo = pid_k * per
-    return lo, tl.minimum(lo + per, steps)
+    return pid_k * steps // SPLIT_K, (pid_k + 1) * steps // SPLIT_K
 
 
 @triton.jit
@@ -66,7 +96,11 @@ def reduce_partials(acc, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K: tl.constexpr):
     offs = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
     tile_ws = ws_ptr + tile.to(tl.int64) * (SPLIT_K * R * C)
     tl.store(tile_ws + pid_k * (R * C) + offs, acc)
-    tl.debug_barrier()  # every thread's stores precede the release below
+    # Ordering (the pattern of CUTLASS's split-K semaphore): a barrier, so that every thread's stores
+    # precede the release; Triton runs a scalar atomic in one thread and hands its result to the others
+    # through shared memory behind another barrier, so their loads below follow its acquire (checked in
+    # the PTX of Triton 3.6: bar.sync, atom.acq_rel.gpu, bar.sync, ld.global.cg).
+    tl.debug_barrier()
     arrived = tl.atomic_add(sem_ptr + tile, 1, sem="acq_rel", scope="gpu")
     last = arrived == SPLIT_K - 1
     total = tl.zeros((R, C), dtype=tl.float32)

@@ -134,21 +134,53 @@ def test_fp8_kernel_matches_fp8_reference(m, n, k, cfg):
     assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
-def test_split_k_sums_in_a_fixed_order_and_leaves_its_semaphores_at_zero():
-    """Split-K (more programs than tiles, the last to arrive sums the partials): equal output on
-    every launch, the same as one program per tile up to summation order, counters reset for the next."""
+def test_split_k_writes_every_partial_sums_them_and_resets_its_semaphores():
+    """Split-K (more programs than tiles, the last to arrive sums the partials): every program writes
+    its partial, the sum equals one program per tile up to summation order, and the counters are
+    back at zero for the next launch. (Here programs run one after another; the GPU test races them.)"""
     from kernels import split_k
 
-    nw = _weights(72, 200)  # K = 200: 7 steps of 32 over 3 splits, one of them short
+    nw = _weights(72, 200)  # K = 200: 7 steps of 32 over 3 or 4 splits, uneven
     x = torch.randn(7, 200).half()
     mode16, mode8 = new_mode_tensor("cpu", "fp16"), new_mode_tensor("cpu", "fp8")
-    for kernel, cfg in ((tfp16.nested_fp16_gemm, SMALL_FP16[2]), (tfp8.nested_fp8_gemm, SMALL_FP8[2])):
-        run = (lambda c: kernel(x, nw.upper, nw.lower, mode16, 0, out=_poisoned(7, 72), config=c)) \
-            if kernel is tfp16.nested_fp16_gemm else (lambda c: kernel(x, nw.upper, mode8, 0, out=_poisoned(7, 72), config=c))
-        first, second = run(cfg), run(cfg)
-        assert torch.equal(first, second)
-        assert rel_err(first, run(dataclasses.replace(cfg, split_k=1))) < 1e-3
-        assert not split_k.semaphores(x.device).any(), "a split-K launch left a counter set"
+    for kind, cfg in (("fp16", SMALL_FP16[2]), ("fp8", SMALL_FP8[2])):
+        def run(c):
+            split_k.buffers(x.device, 1, 1)[0].fill_(float("nan"))
+            if kind == "fp16":
+                return tfp16.nested_fp16_gemm(x, nw.upper, nw.lower, mode16, 0, out=_poisoned(7, 72), config=c)
+            return tfp8.nested_fp8_gemm(x, nw.upper, mode8, 0, out=_poisoned(7, 72), config=c)
+
+        split = run(cfg)
+        tiles = -(-72 // cfg.block_n) * -(-7 // cfg.block_m)
+        used = split_k.buffers(x.device, 1, 1)[0][: tiles * cfg.split_k * cfg.block_n * cfg.block_m]
+        assert torch.isfinite(used).all(), f"{kind}: a program did not write its partial"
+        assert torch.equal(split, run(cfg))
+        assert rel_err(split, run(dataclasses.replace(cfg, split_k=1))) < 1e-3
+        assert not split_k.semaphores(x.device).any(), f"{kind}: a split-K launch left a counter set"
+
+
+def test_split_k_buffers_grow_keep_outgrown_ones_alive_and_turn_off(monkeypatch):
+    """A larger need replaces the buffers (old ones stay referenced: captured graphs may use them);
+    NESTEDFP_SPLIT_K=0 (``ENABLED``) makes every launch run one program per tile."""
+    from kernels import split_k
+
+    monkeypatch.setattr(split_k, "_BUFFERS", {})
+    monkeypatch.setattr(split_k, "_RETIRED", [])
+    dev = torch.device("cpu")
+    ws, sem = split_k.buffers(dev, 10, 100)
+    assert split_k.buffers(dev, 10, 100)[0] is ws
+    ws2, sem2 = split_k.buffers(dev, 10, ws.numel() + 1)
+    assert ws2.numel() >= 2 * ws.numel() and not sem2.any()
+    assert any(t is ws for t in split_k._RETIRED) and any(t is sem for t in split_k._RETIRED)
+
+    monkeypatch.setattr(split_k, "ENABLED", False)
+    assert split_k.buffers(dev, 1, 1) is None
+    nw = _weights(72, 200)
+    x = torch.randn(7, 200).half()
+    ws2.fill_(float("nan"))
+    out = tfp8.nested_fp8_gemm(x, nw.upper, new_mode_tensor("cpu", "fp8"), 0, out=_poisoned(7, 72), config=SMALL_FP8[2])
+    assert torch.isnan(ws2).all(), "split-K ran although it is off"
+    assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
 @pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40])
@@ -241,7 +273,13 @@ def test_config_lookup_uses_table_then_heuristic():
     cfg = tuning.get_config("fp16", 12345, 678, 3)  # a shape no table holds
     assert cfg == tuning.heuristic_config("fp16", 12345, 678, 3)
     assert cfg.block_m == 16  # decode: the narrowest token tile the MMA takes
-    assert tuning.m_bucket(1) == 16 and tuning.m_bucket(4097) == 8192 and tuning.m_bucket(10**6) == 8192
+    assert tuning.m_bucket(1) == 1 and tuning.m_bucket(2) == 16 and tuning.m_bucket(4097) == 8192
+    assert tuning.m_bucket(10**6) == 8192
+    # A table without a bucket for M takes the nearest one's entry (M = 1 without "1": the "16" entry).
+    table16 = {"fp8": {"64x128": {"16": TileConfig(32, 16, 256).to_dict(), "1024": TileConfig(128, 128, 128).to_dict()}}}
+    assert tuning.lookup(table16, "fp8", 64, 128, 1) == TileConfig(32, 16, 256)
+    assert tuning.lookup(table16, "fp8", 64, 128, 2000) == TileConfig(128, 128, 128)
+    assert tuning.lookup(table16, "fp16", 64, 128, 1) is None
 
 
 @pytest.mark.parametrize("n,k,amax", [(37, 203, 0.5), (5, 4099, 6.0), (1, 1, 0.5)])

@@ -19,6 +19,7 @@ from vllm.model_executor.layers.quantization.base_config import QuantizationConf
 from vllm.model_executor.parameter import ModelWeightParameter
 from vllm.model_executor.utils import set_weight_attrs
 
+from kernels import split_k
 from kernels.nested_format import NestedRangeError, nested_split
 from kernels.vllm_plugin.precision import mode_tensor
 from kernels.warmup import warm_layer
@@ -116,6 +117,7 @@ class NestedFPLinearMethod(LinearMethodBase):
         if nw.scale_exp:
             logger.info("nestedfp: %s nested with pre-scale 2**-%d", self.prefix, nw.scale_exp)
         if nw.upper.is_cuda:  # compile the op's kernels for this shape now, not under load
+            split_k.reserve(nw.upper.device)  # before vLLM captures graphs, with or without the warm-up
             try:
                 warm_layer(nw.upper, nw.lower, nw.scale_exp, getattr(layer, "bias", None), _max_step_tokens())
             except Exception:  # noqa: BLE001 - a failed warm-up only moves compiles to serving time
