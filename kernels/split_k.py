@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.tuning import TileConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,18 @@ def buffers(device: torch.device, tiles: int, partials: int) -> tuple[torch.Tens
     return got
 
 
+def launch_buffers(x2d: torch.Tensor, tiles: int, cfg: TileConfig,
+                   unused: torch.Tensor) -> tuple[TileConfig, torch.Tensor, torch.Tensor]:
+    """(config, partials workspace, semaphores) for a GEMM launch of ``tiles`` tiles: ``unused`` twice
+    without split-K, or where a capture finds no buffers, with the config's split-K turned off."""
+    if cfg.split_k > 1:
+        got = buffers(x2d.device, tiles, tiles * cfg.split_k * cfg.block_n * cfg.block_m)
+        if got is not None:
+            return cfg, *got
+        cfg = replace(cfg, split_k=1)
+    return cfg, unused, unused
+
+
 def reserve(device: torch.device) -> None:
     """Allocate the device's buffers now (outside any capture), at their minimum size."""
     buffers(device, 0, 0)
@@ -80,11 +95,14 @@ def semaphores(device: torch.device) -> torch.Tensor | None:
 
 
 @triton.jit
-def k_range(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, pid_k):
-    """The K steps [lo, hi) of split ``pid_k``: contiguous, sizes differing by at most one (a split is
+def split_ids(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """This program's (tile, split, first K step, end K step): ``SPLIT_K`` consecutive programs per
+    tile, each over contiguous K steps, the slices differing in size by at most one step (a slice is
     empty only where there are fewer steps than splits; it then adds a zero partial)."""
+    tile = tl.program_id(0) // SPLIT_K
+    pid_k = tl.program_id(0) % SPLIT_K
     steps = tl.cdiv(K, BLOCK_K)
-    return pid_k * steps // SPLIT_K, (pid_k + 1) * steps // SPLIT_K
+    return tile, pid_k, pid_k * steps // SPLIT_K, (pid_k + 1) * steps // SPLIT_K
 
 
 @triton.jit

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from kernels.fast_launch import cdiv, launch
-from kernels.split_k import k_range, reduce_partials
-from kernels.triton_fp8 import prepare, quantize_rows, split_buffers, tile_ids
+from kernels.split_k import launch_buffers, reduce_partials, split_ids
+from kernels.triton_fp8 import prepare, quantize_rows, tile_ids
 from kernels.tuning import TileConfig, get_config
 
 # Per 32-bit register: u = 4 upper bytes, l = 4 lower bytes, one weight per byte lane.
@@ -76,9 +76,7 @@ def nested_fp16_kernel(
                 quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, 1024, not USE_ASM)
         return
     u_ptr = u_ptr.to(tl.pointer_type(tl.uint8))  # the E4M3 upper plane, read as bytes
-    tile = tl.program_id(0) // SPLIT_K  # SPLIT_K programs per tile (kernels.split_k)
-    pid_k = tl.program_id(0) % SPLIT_K
-    k_lo, k_hi = k_range(K, BLOCK_K, SPLIT_K, pid_k)
+    tile, pid_k, k_lo, k_hi = split_ids(K, BLOCK_K, SPLIT_K)  # SPLIT_K programs per tile (kernels.split_k)
     pid_n, pid_m = tile_ids(tile, M, N, BLOCK_N, BLOCK_M, GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -152,7 +150,7 @@ def nested_fp16_gemm(
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, x2d.data_ptr() & 15, out.data_ptr() & 15,
             upper.data_ptr() & 15, lower.data_ptr() & 15, n & 15, k & 15, sx & 15, so & 15, n == 1, k == 1)
     tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
-    cfg, ws, sem = split_buffers(x2d.device, tiles, cfg, out)
+    cfg, ws, sem = launch_buffers(x2d, tiles, cfg, out)
     launch(
         nested_fp16_kernel, tiles * cfg.split_k,
         (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp, ws, sem),

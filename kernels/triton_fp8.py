@@ -17,15 +17,13 @@ Also here: the operand checks and tile order both GEMMs share.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels.fast_launch import cdiv, launch
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
-from kernels.split_k import buffers, k_range, reduce_partials
+from kernels.split_k import launch_buffers, reduce_partials, split_ids
 from kernels.tuning import TileConfig, get_config
 
 FP8_MAX = tl.constexpr(448.0)
@@ -166,9 +164,7 @@ def nested_fp8_kernel(
     ``SPLIT_K`` > 1: that many programs per tile, each over a slice of K (``kernels.split_k``)."""
     if tl.load(mode_ptr) != 1:
         return
-    tile = tl.program_id(0) // SPLIT_K
-    pid_k = tl.program_id(0) % SPLIT_K
-    k_lo, k_hi = k_range(K, BLOCK_K, SPLIT_K, pid_k)
+    tile, pid_k, k_lo, k_hi = split_ids(K, BLOCK_K, SPLIT_K)
     pid_n, pid_m = tile_ids(tile, M, N, BLOCK_N, BLOCK_M, GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -259,7 +255,7 @@ def nested_fp8_gemm(
         (xq, xs), stride = quantized if quantized is not None else act_quant(x2d, mode), k
     so = out.stride(0)
     tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
-    cfg, ws, sem = split_buffers(x2d.device, tiles, cfg, out)
+    cfg, ws, sem = launch_buffers(x2d, tiles, cfg, out)
     spec = (xq.dtype, xs.dtype, out.dtype, None if bias is None else bias.dtype, xq.data_ptr() & 15,
             out.data_ptr() & 15, upper.data_ptr() & 15, n & 15, k & 15, stride & 15, so & 15, n == 1, k == 1)
     launch(
@@ -273,14 +269,3 @@ def nested_fp8_gemm(
     )
     return out
 
-
-def split_buffers(device: torch.device, tiles: int, cfg: TileConfig,
-                  unused: torch.Tensor) -> tuple[TileConfig, torch.Tensor, torch.Tensor]:
-    """(config, partials workspace, semaphores) for a launch: ``unused`` twice without split-K, or
-    where a capture finds no buffers (``kernels.split_k``), with the config's split-K turned off."""
-    if cfg.split_k > 1:
-        got = buffers(device, tiles, tiles * cfg.split_k * cfg.block_n * cfg.block_m)
-        if got is not None:
-            return cfg, *got
-        cfg = replace(cfg, split_k=1)
-    return cfg, unused, unused

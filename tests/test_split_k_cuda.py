@@ -18,7 +18,7 @@ from kernels.ops import new_mode_tensor
 from kernels.triton_fp8 import nested_fp8_gemm
 from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.tuning import TileConfig
-from tests.kernel_helpers import rel_err
+from tests.kernel_helpers import poison_split_k_workspace, rel_err, split_k_partials_written
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -28,18 +28,11 @@ CONFIGS = [TileConfig(64, 16, 256, 4, 4, split_k=4), TileConfig(32, 16, 512, 4, 
 
 def _run(kind: str, x: torch.Tensor, nw, cfg: TileConfig) -> torch.Tensor:
     """One launch into a NaN-poisoned output, with the split-K workspace poisoned too."""
-    ws = split_k.buffers(x.device, 1, 1)[0]
-    ws.fill_(float("nan"))
+    poison_split_k_workspace(x.device)
     out = torch.full((x.shape[0], nw.shape[0]), float("nan"), device="cuda", dtype=x.dtype)
     if kind == "fp16":
         return nested_fp16_gemm(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, out=out, config=cfg)
     return nested_fp8_gemm(x, nw.upper, new_mode_tensor("cuda", "fp8"), nw.scale_exp, out=out, config=cfg)
-
-
-def _partials_written(x: torch.Tensor, n: int, cfg: TileConfig) -> bool:
-    """Whether the last launch wrote every partial tile (the workspace was poisoned before it)."""
-    tiles = -(-n // cfg.block_n) * -(-x.shape[0] // cfg.block_m)
-    return bool(torch.isfinite(split_k.buffers(x.device, 1, 1)[0][: tiles * cfg.split_k * cfg.block_n * cfg.block_m]).all())
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_m}x{c.block_k}s{c.split_k}"
@@ -54,7 +47,7 @@ def test_split_k_gives_the_same_bits_every_launch_and_resets_its_counters(kind, 
     xs = [torch.randn(m, k, device="cuda").half() for _ in range(2)]
     # Alternate two inputs: a partial read before it was written would be the other input's.
     outs = [_run(kind, xs[i % 2], nw, cfg) for i in range(20)]
-    assert _partials_written(xs[1], n, cfg), "the launch did not run split-K"
+    assert split_k_partials_written(xs[1].device, m, n, cfg), "the launch did not run split-K"
     for j in range(2):
         assert all(torch.equal(outs[j], o) for o in outs[j::2]), "split-K output depends on arrival order"
     assert not split_k.semaphores(xs[0].device).any(), "a launch left a semaphore set"

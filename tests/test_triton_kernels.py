@@ -48,7 +48,7 @@ tuning, tfp16, tfp8, tmerge, dispatch = _interpreted_modules()
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
 from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
 from kernels.reference import quantize_per_token  # noqa: E402
-from tests.kernel_helpers import rel_err  # noqa: E402
+from tests.kernel_helpers import poison_split_k_workspace, rel_err, split_k_partials_written  # noqa: E402
 
 TileConfig = tuning.TileConfig
 FP16_TOL = 2e-3  # an fp16 GEMM with fp32 accumulation lands near 5e-4 (output rounding)
@@ -145,15 +145,13 @@ def test_split_k_writes_every_partial_sums_them_and_resets_its_semaphores():
     mode16, mode8 = new_mode_tensor("cpu", "fp16"), new_mode_tensor("cpu", "fp8")
     for kind, cfg in (("fp16", SMALL_FP16[2]), ("fp8", SMALL_FP8[2])):
         def run(c):
-            split_k.buffers(x.device, 1, 1)[0].fill_(float("nan"))
+            poison_split_k_workspace(x.device)
             if kind == "fp16":
                 return tfp16.nested_fp16_gemm(x, nw.upper, nw.lower, mode16, 0, out=_poisoned(7, 72), config=c)
             return tfp8.nested_fp8_gemm(x, nw.upper, mode8, 0, out=_poisoned(7, 72), config=c)
 
         split = run(cfg)
-        tiles = -(-72 // cfg.block_n) * -(-7 // cfg.block_m)
-        used = split_k.buffers(x.device, 1, 1)[0][: tiles * cfg.split_k * cfg.block_n * cfg.block_m]
-        assert torch.isfinite(used).all(), f"{kind}: a program did not write its partial"
+        assert split_k_partials_written(x.device, 7, 72, cfg), f"{kind}: a program did not write its partial"
         assert torch.equal(split, run(cfg))
         assert rel_err(split, run(dataclasses.replace(cfg, split_k=1))) < 1e-3
         assert not split_k.semaphores(x.device).any(), f"{kind}: a split-K launch left a counter set"
