@@ -98,7 +98,7 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
     from kernels import nested_merge
     from kernels.ops import new_mode_tensor
     from kernels.reference import nested_linear
-    from kernels.triton_dispatch import nested_linear_cuda
+    from kernels.triton_dispatch import nested_linear_cuda, use_gluon
 
     mode = new_mode_tensor("cuda", "fp16")
     rows = []
@@ -115,6 +115,8 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
             r = dict(shape=name, n=n, k=k, m=m)
             r["cublas_us"] = bench_us(lambda: torch.matmul(x, w16.t()), rep_ms)
             r["shipped_us"] = bench_us(lambda: nested_linear_cuda(x, nw.upper, nw.lower, mode, 0), rep_ms)
+            shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
+            r["shipped_gluon"] = list(shipped) if shipped else None
             g = []
             for c in configs_for(m, configs):
                 e = dict(cfg=c)

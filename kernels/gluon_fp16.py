@@ -5,10 +5,10 @@ weight takes wgmma's M slot as the register operand A, the tokens its N slot fro
 Why this shape: a first Gluon design merged in a separate warpgroup into a shared-memory tile that
 wgmma read back, so every weight crossed shared memory three times, and it topped out near 0.55 of
 cuBLAS (docs/BENCHMARKS.md, "Kernels v3"). Here the bytes cross once:
-the consumer warpgroups read the two byte planes from shared memory straight into the A operand's
-register layout, merge in registers (the PTX of ``triton_fp16._MERGE_ASM``; the merge is
-elementwise, so it does not care which weights a thread holds) and issue wgmma on them. One MMA
-stays in flight: step i's loads and merge overlap step i-1's MMA.
+the consumer warpgroups read the two byte planes from shared memory as 16-bit words (two K-adjacent
+weights) straight into the A operand's register layout, merge in registers (``_MERGE_WORDS_ASM``:
+the algorithm of ``triton_fp16._MERGE_ASM``, fed words instead of bytes) and issue wgmma on them.
+One MMA stays in flight: step i's loads and merge overlap step i-1's MMA.
 
 Partitions (``gl.warp_specialize``): a 1-warp TMA worker fills a STAGES-deep ring with the x tile
 [BLOCK_T, BLOCK_K] and the two byte tiles [BLOCK_W, BLOCK_K]; the default partition (4 or 8 warps
@@ -41,13 +41,11 @@ try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used h
         warpgroup_mma_wait,
     )
 
-    # The merge PTX (a tl.constexpr = gl.constexpr): 4 upper + 4 lower bytes in, 4 fp16 weights out.
-    from kernels.triton_fp16 import _MERGE_ASM
     from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE
 
     _IMPORT_ERROR: Exception | None = None
 except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", reported when called
-    triton = gluon = gl = _MERGE_ASM = FP8_MAX = FP8_MAX_RCP = MIN_ACT_SCALE = None
+    triton = gluon = gl = FP8_MAX = FP8_MAX_RCP = MIN_ACT_SCALE = None
     fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = None
     _IMPORT_ERROR = e
 
@@ -69,6 +67,47 @@ _const = gl.constexpr if gl is not None else (lambda v: v)  # globals a Gluon ke
 _LOAD_WARPS = _const([1])  # the TMA worker
 _LOAD_REGS = _const([24])  # setmaxnreg minimum; it holds a few scalars
 
+# The merge of ``triton_fp16._MERGE_ASM`` on what one pair of wgmma A registers needs: the 16-bit
+# words (2 K-adjacent bytes, zero-extended) of rows r and r + 8, upper plane $2, $3, lower $4, $5;
+# out $0 = 2 FP16 weights of row r, $1 = those of row r + 8 (the bytes (l0,h0,l1,h1), (l2,h2,l3,h3)).
+#   u = $2 | $3 << 16      the 4 upper bytes in one register (a mad: ptxas emits an IMAD, FMA pipe)
+#   x = prmt 0xDC98        each lower byte's bit 7 replicated over its lane: x & 1 = l >> 7
+#   c, t, h                as in _MERGE_ASM: c = (u ^ x) & 1, t = u - c, h = t & 0x80 | t >> 1 & 0x3F
+# Why words: planes loaded as uint8 in the operand layout came in 2-byte LDS that ptxas split into
+# bytes and repacked into _MERGE_ASM's 32-bit operands (7 PRMT per 4 bytes). Triton 3.6 SASS for
+# sm_90, per K step and thread at BLOCK_K=64: 32 LDS.U16 + 74 integer ops (24 PRMT, 16 IMAD) here,
+# 32 LDS.U16 + 178 (128 PRMT) before; at small token tiles that ALU work, not the tensor cores,
+# set the step time.
+_MERGE_WORDS_ASM = _const("""
+{
+.reg .b32 u, x, c, t, s, h;
+mad.lo.u32 u, $3, 65536, $2;
+prmt.b32 x, $4, $5, 0xDC98;
+lop3.b32 c, u, x, 0x01010101, 0x28;
+sub.u32 t, u, c;
+shr.b32 s, t, 1;
+and.b32 s, s, 0x3F3F3F3F;
+lop3.b32 h, t, 0x80808080, s, 0xEA;
+prmt.b32 $0, $4, h, 0x5140;
+prmt.b32 $1, $5, h, 0x7160;
+}
+""")
+
+
+def _word_layout_fn(num_warps: int, block_k: int) -> gl.DistributedLinearLayout:
+    """The A operand's layout (k_width=2) over the [rows, K / 2] words of a byte plane, with rows r and
+    r + 8 in consecutive registers, so that the merge (pack=2) gets the words of one A register pair.
+
+    A operand: registers (k 1, row 8, k 8, k 16, ...), lanes (k 2, k 4, row 1, 2, 4), warps (row 16, ...).
+    """
+    regs = [[8, 0]] + [[0, 1 << j] for j in range(2, block_k.bit_length() - 2)]
+    warps = [[16 << j, 0] for j in range(num_warps.bit_length() - 1)]
+    return gl.DistributedLinearLayout(regs, [[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]], warps, [],
+                                      [16 * num_warps, block_k // 2])
+
+
+_word_layout = gluon.constexpr_function(_word_layout_fn) if gluon is not None else _word_layout_fn
+
 
 @_jit
 def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
@@ -89,13 +128,24 @@ def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty
 
 
 @_jit
-def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr, a_layout: gl.constexpr):
+def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr, a_layout: gl.constexpr,
+              word_layout: gl.constexpr):
     """One K step: planes -> registers -> merged A operand; issue its MMA, retire the previous one."""
+    BLOCK_W: gl.constexpr = u_bufs.shape[1]
+    BLOCK_K: gl.constexpr = u_bufs.shape[2]
+    # The planes' bytes as [BLOCK_W, BLOCK_K / 2] uint16 words: the same swizzle in bytes.
+    words: gl.constexpr = gl.NVMMASharedLayout(u_bufs.layout.swizzle_byte_width, 16)
     s = i % STAGES
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-    u = u_bufs.index(s).load(a_layout)
-    lo = l_bufs.index(s).load(a_layout)
-    w = gl.inline_asm_elementwise(_MERGE_ASM, "=r,=r,r,r", [u, lo], dtype=gl.float16, is_pure=True, pack=4)
+    u = u_bufs.index(s)._reinterpret(gl.uint16, [BLOCK_W, BLOCK_K // 2], words).load(word_layout)
+    lo = l_bufs.index(s)._reinterpret(gl.uint16, [BLOCK_W, BLOCK_K // 2], words).load(word_layout)
+    a, b = gl.inline_asm_elementwise(_MERGE_WORDS_ASM, "=r,=r,r,r,r,r", [u.to(gl.uint32), lo.to(gl.uint32)],
+                                     dtype=(gl.float16, gl.float16), is_pure=True, pack=2)
+    # Each asm output register is one wgmma A register: for r with bit 3 clear, a holds w[r, 2c] at
+    # (r, c) and w[r, 2c + 1] at (r + 8, c), b the same of row r + 8. Name them by (row, k):
+    # join(a, b)[r, c, j] = w[r & ~8 | 8 j, 2 c + (r >> 3 & 1)]. Only registers are renamed.
+    w = gl.join(a, b).reshape([BLOCK_W // 16, 2, 8, BLOCK_K // 2, 2]).permute((0, 4, 2, 3, 1))
+    w = gl.convert_layout(w.reshape([BLOCK_W, BLOCK_K]), a_layout, assert_trivial=True)
     acc = warpgroup_mma(w.to(x_bufs.dtype), x_bufs.index(s).permute((1, 0)), acc, use_acc=i > 0, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
     # MMA i-1 has retired: its x slot is free (its byte planes were read before it was issued).
@@ -111,15 +161,16 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, 
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                          instr_shape=[16, BLOCK_T, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    word_layout: gl.constexpr = _word_layout(NUM_WARPS, u_bufs.shape[2])
     acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
     # Unrolled by two: a rolled loop would write the same (virtual) A registers while the
     # previous step's MMA still reads them, and ptxas would serialize every MMA.
     for j in range(k_tiles // 2):
         i = 2 * j
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES, a_layout)
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, STAGES, a_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES, a_layout, word_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, STAGES, a_layout, word_layout)
     if k_tiles % 2:
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout, word_layout)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
     acc = acc * out_scale

@@ -29,7 +29,7 @@ Two ways to pick the precision:
 
 From M = ``GLUON_MIN_M`` up, on Hopper with Gluon, the FP16 launch is the Gluon kernel of
 ``kernels.gluon_fp16`` (register-fed wgmma) wherever the H200 table measured it faster than the
-Triton kernel (docs/BENCHMARKS.md, "Kernels v3"); in FP8 mode it quantizes x for the FP8 GEMM,
+Triton kernel (docs/BENCHMARKS.md, "Kernels v3" and "v6"); in FP8 mode it quantizes x for the FP8 GEMM,
 as the Triton kernel does. ``NESTEDFP_GLUON=0`` turns it off.
 """
 
@@ -50,7 +50,8 @@ from kernels.tuning import GluonTile, get_config, gluon_tile
 
 HOST_PICK = True  # eager calls with a host mirror pick the precision on the host (module docstring)
 LARGE_M_THRESHOLD = 1024  # host pick from this M up: merge + cuBLAS (FP16), cuBLASLt (FP8)
-GLUON_MIN_M = 17  # the Gluon FP16 kernel from here up (at M = 16 it was faster on only 2 of 8 shapes)
+GLUON_MIN_M = 1  # the table decides at every M: with word loads (2026-11-22) Gluon beat the Triton kernel
+# at M = 1 on 6 of 8 shapes and at M = 16 on 7 (docs/BENCHMARKS.md, "Kernels v6"); it was 17 before
 USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
 # Captures hold a conditional node per op: opt-in (NESTEDFP_CONDITIONAL=1), since on the H200 the node
 # cost about 7 us per op, more than it saved (docs/BENCHMARKS.md, "Conditional graph nodes").

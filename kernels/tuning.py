@@ -156,12 +156,23 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
 
 def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) -> dict:
     """The fastest checked tile per (N, K, M) from ``python -m kernels.gluon_check``'s JSON, or
-    null where the shipped op on the Triton FP16 kernel was faster in the same run."""
+    null where the shipped op ran the Triton FP16 kernel and was faster in the same run.
+
+    Where the shipped op itself ran a Gluon tile, its time says nothing about the Triton kernel, so
+    the fastest tile stays. Which kernel shipped: the row's ``shipped_gluon``; in JSON from before
+    that field, the table in effect (this checkout's) and ``GLUON_MIN_M`` decide, as they did then.
+    """
+    from kernels.triton_dispatch import GLUON_MIN_M  # imports this module
+
     res = json.loads(Path(check_json).read_text())
     tiles: dict = {}
     for r in res["rows"]:
         if "best_cfg" in r:
-            win = r["best_us"] < r["shipped_us"]
+            if "shipped_gluon" in r:
+                shipped_gluon = r["shipped_gluon"] is not None
+            else:
+                shipped_gluon = r["m"] >= GLUON_MIN_M and gluon_tile(r["n"], r["k"], r["m"]) is not None
+            win = shipped_gluon or r["best_us"] < r["shipped_us"]
             tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
     table = dict(source=Path(check_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
                  triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-table CHECK_JSON",

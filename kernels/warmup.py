@@ -25,7 +25,7 @@ from kernels.ops import new_mode_tensor
 logger = logging.getLogger(__name__)
 
 # M values on both sides of every boundary where the op's variant changes: config buckets, the token
-# tile cap, GLUON_MIN_M (17), LARGE_M_THRESHOLD (1024).
+# tile cap, the Gluon table's M buckets, LARGE_M_THRESHOLD (1024).
 BOUNDARY_MS = (1, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513, 1023, 1024, 1025, 2048, 2049, 4096, 4097, 8192)
 _warmed: set[tuple] = set()
 

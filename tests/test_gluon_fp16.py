@@ -9,6 +9,8 @@ run with a clear error, and that the dispatcher keeps CPU tensors on the Triton 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -64,12 +66,32 @@ def test_tile_table_lookup_takes_the_next_measured_m_and_caps_the_token_tile():
 
 
 def test_table_keeps_the_triton_kernel_where_it_measured_faster():
-    n, k = 4096, 4096
-    table = tuning._gluon_table()[f"{n}x{k}"]
-    losing = [int(m) for m, tile in table.items() if tile is None]
-    assert losing, "the committed table has shapes where the Triton kernel won (8B.o at M <= 64)"
-    for m in losing:
+    losing = [(shape, int(m)) for shape, entries in tuning._gluon_table().items()
+              for m, tile in entries.items() if tile is None]
+    assert losing, "the committed table has shapes where the Triton kernel won (8B.o and 8B.down at M = 1)"
+    for shape, m in losing:
+        n, k = map(int, shape.split("x"))
         assert tuning.gluon_tile(n, k, m) is None
+
+
+def _check_json(tmp_path, rows: list[dict]) -> str:
+    path = tmp_path / "check.json"
+    path.write_text(json.dumps(dict(meta=dict(device="H200", date="d", triton="3.6.0"), rows=rows)))
+    return str(path)
+
+
+def test_table_writer_puts_the_triton_kernel_only_where_it_shipped_and_won(tmp_path):
+    row = dict(shape="s", n=256, k=512, best_cfg=[64, 16, 128, 5])
+    rows = [
+        dict(row, m=1, shipped_us=10.0, best_us=11.0, shipped_gluon=None),  # Triton shipped and won
+        dict(row, m=16, shipped_us=10.0, best_us=9.0, shipped_gluon=None),  # Gluon beat Triton
+        # The shipped op ran Gluon (an older tile): its time is no Triton time, so Gluon stays.
+        dict(row, m=64, shipped_us=10.0, best_us=11.0, shipped_gluon=[64, 64, 128, 5]),
+    ]
+    out = tmp_path / "table.json"
+    table = tuning.write_gluon_table(_check_json(tmp_path, rows), str(out))
+    assert table["tiles"]["256x512"] == {"1": None, "16": [64, 16, 128, 5], "64": [64, 16, 128, 5]}
+    assert json.loads(out.read_text())["tiles"] == table["tiles"]
 
 
 def test_every_table_tile_is_a_valid_config():
@@ -153,7 +175,7 @@ def test_fp8_mode_quantizes_x_exactly_as_act_quant(m, k):
 
 @needs_hopper
 @pytest.mark.parametrize("mode", ["fp16", "fp8"])
-def test_op_takes_the_gluon_kernel_from_gluon_min_m_and_matches_both_modes(mode):
+def test_op_takes_the_gluon_kernel_where_the_table_says_and_matches_both_modes(mode):
     from kernels.ops import new_mode_tensor
 
     m, n, k = 64, 6144, 1024  # no table entry for this (N, K): the heuristic picks Gluon at M = 64

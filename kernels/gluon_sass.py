@@ -1,0 +1,158 @@
+"""Per-K-step SASS opcode counts of the Gluon NestedFP16 kernel, compiled for sm_90 without a GPU.
+
+Why: at small token tiles the step time of ``kernels.gluon_fp16.nested_fp16_rs_kernel`` was set by
+the integer work around the merge (loads, byte repacking, the merge asm), not by the tensor cores,
+so the opcode counts of one steady-state K step of the consumer loop are the cheap check of a
+change to that code. The step counts in docs/BENCHMARKS.md ("Kernels v6") came from this tool.
+
+It needs Triton 3.6.0 (the H200's; Gluon's API and the codegen change between releases) and runs
+on any machine, as it only compiles (``GPUTarget("cuda", 90, 64)``) and disassembles:
+
+    python3.11 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 numpy torch
+    PYTHONPATH=. /tmp/t36/bin/python -m kernels.gluon_sass [--tiles 64,128,64,4 ...] [--xdt float16]
+        [--out DIR] [--src OTHER_gluon_fp16.py]
+
+``--src`` compiles another copy of the kernel module (e.g. ``git show HEAD:kernels/gluon_fp16.py``)
+for a before / after comparison; ``--out`` keeps the ttgir / ptx / cubin / sass of each tile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from types import ModuleType
+
+# Integer / data-movement opcodes counted as "ALU" (the FP16 merge is all integer work).
+ALU_OPS = frozenset({"PRMT", "LOP3", "IMAD", "IADD3", "SHF", "VIADD", "IABS", "LEA", "ISETP", "SEL", "MOV", "I2F",
+                     "F2I", "IMNMX", "FLO", "POPC", "BFE", "BFI", "SGXT", "PLOP3", "IADD", "HADD2", "HMUL2", "F2FP",
+                     "LOP", "SHL", "SHR"})
+_SASS_LINE = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T] )?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?\s*.*?;")
+
+
+def load_module(src: str | None) -> ModuleType:
+    """``kernels.gluon_fp16``, or the kernel module in file ``src``; refuses one without Gluon."""
+    if src is None:
+        mod = importlib.import_module("kernels.gluon_fp16")
+    else:
+        spec = importlib.util.spec_from_file_location("gluon_fp16_src", src)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    if mod._IMPORT_ERROR is not None:
+        raise SystemExit(f"Gluon did not import (this tool needs Triton 3.6.0): {mod._IMPORT_ERROR!r}")
+    import triton
+
+    if triton.__version__ != "3.6.0":
+        print(f"warning: Triton {triton.__version__}, not 3.6.0: the compile may fail, the counts may differ",
+              file=sys.stderr)
+    return mod
+
+
+def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out_dir: str,
+                 n: int = 4096, k: int = 4096, m: int = 256) -> tuple[str, int, str]:
+    """Compile one tile for sm_90 into out_dir; returns (SASS listing, shared bytes, register usage)."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import create_function_from_signature
+
+    bw, bt, bk, stages = tile
+    x = torch.empty((m, k), dtype=getattr(torch, xdt))
+    planes = torch.empty((n, k), dtype=torch.uint8)
+    y = torch.empty((m, n), dtype=getattr(torch, xdt))
+    mode = torch.zeros(1, dtype=torch.int32)
+    pl = mod._smem_layout((bw, bk), "uint8")
+    xd = TensorDescriptor(x, [m, k], [k, 1], [bt, bk], mod._smem_layout((bt, bk), xdt))
+    ud = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
+    ld = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
+    target = GPUTarget("cuda", 90, 64)
+    kern, backend = mod.nested_fp16_rs_kernel, make_backend(target)
+    binder = create_function_from_signature(kern.signature, kern.params, backend)
+    bound, spec, opts = binder(xd, ud, ld, y, y, mode, x, y, y, m, n, k, n, k, 1.0, HAS_BIAS=False, QUANT=False,
+                               BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8, NUM_WARPS=bw // 16,
+                               num_warps=bw // 16, num_stages=1)
+    options, signature, constexprs, attrs = kern._pack_args(backend, opts, bound, spec, opts)
+    ck = triton.compile(GluonASTSource(kern, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+    name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}"))
+    for ext in ("ttgir", "ptx"):
+        with open(f"{name}.{ext}", "w") as f:
+            f.write(ck.asm[ext])
+    with open(f"{name}.cubin", "wb") as f:
+        f.write(ck.asm["cubin"])
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    sass = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", f"{name}.cubin"], capture_output=True, text=True,
+                          check=True).stdout
+    with open(f"{name}.sass", "w") as f:
+        f.write(sass)
+    usage = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", f"{name}.cubin"], capture_output=True,
+                           text=True, check=True).stdout
+    regs = re.search(r"REG:(\d+)", usage)
+    return sass, ck.metadata.shared, regs.group(1) if regs else "?"
+
+
+def k_steps(sass: str) -> list[list[tuple[str, str]]]:
+    """The consumer's K steps as (opcode, modifiers) lists: from the SYNCS.PHASECHK (wait on `ready`)
+    that an HGMMA follows to the WARPGROUP.DEPBAR after it. Code placed elsewhere (retry loops of the
+    barrier wait, the epilogue) is not counted."""
+    seq = [(m.group(1), m.group(2) or "") for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    steps, i = [], 0
+    while i < len(seq):
+        if seq[i][0] == "SYNCS" and "PHASECHK" in seq[i][1]:
+            j = i + 1
+            while j < len(seq) and seq[j][0] != "HGMMA" and not (seq[j][0] == "SYNCS" and "PHASECHK" in seq[j][1]):
+                j += 1
+            if j < len(seq) and seq[j][0] == "HGMMA":
+                while j < len(seq) and not (seq[j][0] == "WARPGROUP" and "DEPBAR" in seq[j][1]):
+                    j += 1
+                steps.append(seq[i:j + 1])
+                i = j
+        i += 1
+    return steps
+
+
+def step_counts(step: list[tuple[str, str]]) -> dict[str, object]:
+    """Opcode counts of one K step: total, integer ALU, the merge's opcodes, LDS by width, HGMMA."""
+    c = collections.Counter(op for op, _ in step)
+    lds = collections.Counter(op + mod for op, mod in step if op == "LDS")
+    return dict(total=len(step), alu=sum(v for op, v in c.items() if op in ALU_OPS), prmt=c["PRMT"],
+                lop3=c["LOP3"], imad=c["IMAD"], shf=c["SHF"], lds=dict(sorted(lds.items())), hgmma=c["HGMMA"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiles", nargs="+", default=["64,128,64,4", "128,64,64,4", "64,64,64,4"],
+                    help="BLOCK_W,BLOCK_T,BLOCK_K,STAGES")
+    ap.add_argument("--xdt", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--out", help="keep ttgir / ptx / cubin / sass here (default: a temporary directory)")
+    ap.add_argument("--src", help="compile this copy of gluon_fp16.py instead of kernels.gluon_fp16")
+    a = ap.parse_args(argv)
+    mod = load_module(a.src)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = a.out or tmp
+        os.makedirs(out_dir, exist_ok=True)
+        for t in a.tiles:
+            tile = tuple(int(v) for v in t.split(","))
+            sass, shared, regs = compile_tile(mod, tile, a.xdt, out_dir)
+            steps = k_steps(sass)
+            if not steps:
+                print(f"{t}: no K step found (regs {regs}, shared {shared})")
+                continue
+            c = step_counts(steps[1] if len(steps) > 1 else steps[0])  # the 2nd unrolled step: steady state
+            lds = " ".join(f"{op}x{v}" for op, v in c["lds"].items())
+            print(f"{t} {a.xdt}: regs {regs} shared {shared} | K step ({len(steps)} found): {c['total']} ops, "
+                  f"ALU {c['alu']} (PRMT {c['prmt']} LOP3 {c['lop3']} IMAD {c['imad']} SHF {c['shf']}) "
+                  f"{lds} HGMMA {c['hgmma']}")
+
+
+if __name__ == "__main__":
+    main()
