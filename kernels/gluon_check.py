@@ -7,15 +7,18 @@ Checks (output poisoned with NaN, against ``kernels.reference.nested_linear``): 
 pre-scale + bf16, mode = 1 leaves ``out`` untouched. Timing: CUDA-graph replays under
 ``triton.testing.do_bench`` (median, L2 flushed before each replay) of cuBLAS FP16, the shipped op
 (``nested_linear_cuda`` in FP16 mode) and every config; each config is checked on the case before
-it is timed.
+it is timed. ``kernels.gluon_fp8``'s sweep times its configs with the same helpers (``bench_us``,
+``time_configs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +37,32 @@ def bench_us(fn, rep_ms: int) -> float:
     """do_bench median of ``fn`` replayed from a CUDA graph (L2 flushed before each replay): eager
     timings of these GEMMs measure the host (the launch takes longer than the GPU work at small M)."""
     return triton.testing.do_bench(graphed(fn), warmup=5, rep=rep_ms, return_mode="median") * 1e3
+
+
+def time_configs(row: dict, configs: list[tuple], run: Callable[[tuple], object], out: torch.Tensor,
+                 ref: torch.Tensor, tol: float, rep_ms: int) -> int:
+    """Checks each config on this sweep row's case and times those that pass (``run(cfg)`` writes
+    ``out``, poisoned with NaN first, so an unwritten tile fails); stores them in ``row["configs"]``
+    (cfg, rel_err, us or error) and the fastest as best_us, best_cfg and ``ratio`` (``row["cublas_us"]``
+    over best_us). Returns how many passed."""
+    timed = []
+    for c in configs:
+        e = dict(cfg=c)
+        try:
+            out.fill_(float("nan"))
+            run(c)
+            e["rel_err"] = rel_err(out, ref)
+            if e["rel_err"] < tol:
+                e["us"] = bench_us(functools.partial(run, c), rep_ms)
+        except Exception as ex:  # noqa: BLE001 - recorded, so that the other configs still run
+            e["error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+        timed.append(e)
+    row["configs"] = timed
+    ok = [e for e in timed if "us" in e]
+    if ok:
+        best = min(ok, key=lambda e: e["us"])
+        row.update(best_us=best["us"], best_cfg=best["cfg"], ratio=row["cublas_us"] / best["us"])
+    return len(ok)
 
 
 def default_configs() -> list[Config]:
@@ -115,31 +144,16 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
             r = dict(shape=name, n=n, k=k, m=m)
             r["cublas_us"] = bench_us(lambda: torch.matmul(x, w16.t()), rep_ms)
             r["shipped_us"] = bench_us(lambda: nested_linear_cuda(x, nw.upper, nw.lower, mode, 0), rep_ms)
+            r["shipped_ratio"] = r["cublas_us"] / r["shipped_us"]
             shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
             r["shipped_gluon"] = list(shipped) if shipped else None
-            g = []
-            for c in configs_for(m, configs):
-                e = dict(cfg=c)
-                try:
-                    out.fill_(float("nan"))
-                    run(x, nw, mode, c, out=out)
-                    e["rel_err"] = rel_err(out, ref)
-                    if e["rel_err"] < TOL:
-                        e["us"] = bench_us(lambda c=c: run(x, nw, mode, c, out=out), rep_ms)
-                except Exception as ex:  # noqa: BLE001
-                    e["error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
-                g.append(e)
-            r["configs"] = g
-            ok = [e for e in g if "us" in e]
-            if ok:
-                best = min(ok, key=lambda e: e["us"])
-                r.update(best_us=best["us"], best_cfg=best["cfg"], ratio=r["cublas_us"] / best["us"],
-                         shipped_ratio=r["cublas_us"] / r["shipped_us"])
+            ok = time_configs(r, configs_for(m, configs), functools.partial(run, x, nw, mode, out=out), out, ref,
+                              TOL, rep_ms)
             rows.append(r)
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:5d} cuBLAS {r['cublas_us']:8.1f} shipped "
                   f"{r['shipped_us']:8.1f} rs {r.get('best_us', float('nan')):8.1f} x{r.get('ratio', 0):.3f} "
-                  f"(shipped x{r.get('shipped_ratio', 0):.3f}) {r.get('best_cfg')} "
-                  f"[{len(ok)}/{len(g)} ok]", flush=True)
+                  f"(shipped x{r['shipped_ratio']:.3f}) {r.get('best_cfg')} "
+                  f"[{ok}/{len(r['configs'])} ok]", flush=True)
             write()
         del nw, w16
         torch.cuda.empty_cache()

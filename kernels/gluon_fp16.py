@@ -22,50 +22,20 @@ fork, and exits unless it is 0 (FP16), like the other NestedFP16 kernels.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from kernels import gluon_common as common
 from kernels.fast_launch import TmaArg, cdiv, launch
-from kernels.triton_fp8 import prepare
+from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE, prepare
 
-try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used here is 3.6.0's.
-    import triton
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-
-    from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE
-
-    _IMPORT_ERROR: Exception | None = None
-except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", reported when called
-    triton = gluon = gl = FP8_MAX = FP8_MAX_RCP = MIN_ACT_SCALE = None
-    fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = None
-    _IMPORT_ERROR = e
-
-SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
-
-
-class GluonUnavailable(RuntimeError):
-    """This Triton has no (compatible) Gluon, or the device is not an sm_90 GPU."""
-
-
-def _jit(fn=None, **kw):
-    """``gluon.jit`` when Gluon imported; else the plain function (never called then)."""
-    if gluon is None:
-        return fn if fn is not None else (lambda f: f)
-    return gluon.jit(fn, **kw) if fn is not None else gluon.jit(**kw)
-
-
-_const = gl.constexpr if gl is not None else (lambda v: v)  # globals a Gluon kernel may read
-_LOAD_WARPS = _const([1])  # the TMA worker
-_LOAD_REGS = _const([24])  # setmaxnreg minimum; it holds a few scalars
+# Shared with kernels.gluon_fp8 (they live in kernels.gluon_common); the dispatcher, the tests and
+# kernels.gluon_sass read them here.
+GluonUnavailable = common.GluonUnavailable
+SMEM_LIMIT = common.SMEM_LIMIT
+available = common.available
+tma_ok = common.tma_ok
+_IMPORT_ERROR = common.IMPORT_ERROR
 
 # The merge of ``triton_fp16._MERGE_ASM`` on what one pair of wgmma A registers needs: the 16-bit
 # words (2 K-adjacent bytes, zero-extended) of rows r and r + 8, upper plane $2, $3, lower $4, $5;
@@ -78,7 +48,7 @@ _LOAD_REGS = _const([24])  # setmaxnreg minimum; it holds a few scalars
 # sm_90, per K step and thread at BLOCK_K=64: 32 LDS.U16 + 74 integer ops (24 PRMT, 16 IMAD) here,
 # 32 LDS.U16 + 178 (128 PRMT) before; at small token tiles that ALU work, not the tensor cores,
 # set the step time.
-_MERGE_WORDS_ASM = _const("""
+_MERGE_WORDS_ASM = common.const("""
 {
 .reg .b32 u, x, c, t, s, h;
 mad.lo.u32 u, $3, 65536, $2;
@@ -106,28 +76,23 @@ def _word_layout_fn(num_warps: int, block_k: int) -> gl.DistributedLinearLayout:
                                       [16 * num_warps, block_k // 2])
 
 
-_word_layout = gluon.constexpr_function(_word_layout_fn) if gluon is not None else _word_layout_fn
+_word_layout = common.gluon.constexpr_function(_word_layout_fn) if common.gluon is not None else _word_layout_fn
 
 
-@_jit
+@common.jit
 def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
                     STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
     """TMA producer: fills slot i % STAGES once the MMA that read its previous contents retired."""
     nbytes: gl.constexpr = x_desc.block_type.nbytes + u_desc.block_type.nbytes + l_desc.block_type.nbytes
     for i in range(k_tiles):
-        s = i % STAGES
-        # A fresh mbarrier counts as having completed the phase of parity 1: the first pass over
-        # the ring does not block.
-        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
-        bar = ready.index(s)
-        mbarrier.expect(bar, nbytes)
+        s, bar = common.claim_slot(ready, empty, i, STAGES, nbytes)
         k = i * BLOCK_K
         tma.async_copy_global_to_shared(x_desc, [off_t, k], bar, x_bufs.index(s))
         tma.async_copy_global_to_shared(u_desc, [off_w, k], bar, u_bufs.index(s))
         tma.async_copy_global_to_shared(l_desc, [off_w, k], bar, l_bufs.index(s))
 
 
-@_jit
+@common.jit
 def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr, a_layout: gl.constexpr,
               word_layout: gl.constexpr):
     """One K step: planes -> registers -> merged A operand; issue its MMA, retire the previous one."""
@@ -153,7 +118,7 @@ def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr
     return acc
 
 
-@_jit
+@common.jit
 def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
                    k_tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, BLOCK_W: gl.constexpr,
                    BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr):
@@ -173,22 +138,11 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, 
         acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout, word_layout)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
-    acc = acc * out_scale
-    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))  # weight rows = y columns
-    if HAS_BIAS:
-        b = gl.load(bias_ptr + rows, mask=rows < N, other=0.0)
-        acc = acc + b.to(gl.float32)[:, None]
-    # y[t, w]: consecutive weight rows are consecutive addresses, so store from a layout in which
-    # each thread holds 8 consecutive rows of one token column.
-    store_layout: gl.constexpr = gl.BlockedLayout([8, 1], [BLOCK_W // 8, 256 // BLOCK_W], [1, NUM_WARPS], [0, 1])
-    out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), store_layout)
-    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, store_layout))
-    toks = off_t + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, store_layout))
-    ptrs = y_ptr + toks.to(gl.int64)[None, :] * stride_ym + rows[:, None]
-    gl.store(ptrs, out, mask=(rows[:, None] < N) & (toks[None, :] < M))
+    common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t, HAS_BIAS,
+                            BLOCK_W, BLOCK_T, NUM_WARPS)
 
 
-@_jit
+@common.jit
 def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr):
     """Per-token E4M3 quantization of rows pid, pid + nprog, ...: ``triton_fp8.quantize_rows`` on
     the GPU, bit for bit (the same scale rounding, division and conversion)."""
@@ -209,7 +163,7 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr
         gl.store(s_ptr + row, scale)
 
 
-@_jit(do_not_specialize=["M"])
+@common.jit(do_not_specialize=["M"])
 def nested_fp16_rs_kernel(
     x_desc, u_desc, l_desc, y_ptr, bias_ptr, mode_ptr, x_ptr, q_ptr, s_ptr,
     M, N, K, stride_ym, stride_xm, out_scale,
@@ -224,36 +178,20 @@ def nested_fp16_rs_kernel(
             if mode == 1:
                 _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS)
         return
-    # Grouped order: GROUP weight blocks walk the token blocks together, so each byte-plane block
-    # comes from HBM about once and x blocks stay in L2.
-    pid = gl.program_id(0)
-    num_w = gl.cdiv(N, BLOCK_W)
-    num_t = gl.cdiv(M, BLOCK_T)
-    per_group = GROUP * num_t
-    first_w = (pid // per_group) * GROUP
-    size = gl.minimum(num_w - first_w, GROUP)
-    pid_w = first_w + (pid % per_group) % size
-    pid_t = (pid % per_group) // size
-    off_w = pid_w * BLOCK_W
-    off_t = pid_t * BLOCK_T
+    off_w, off_t = common.grouped_tile(gl.program_id(0), M, N, BLOCK_W, BLOCK_T, GROUP)
     k_tiles = gl.cdiv(K, BLOCK_K)
 
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
     u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
     l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    fence_async_shared()
+    ready, empty = common.ring_barriers(STAGES)
 
     gl.warp_specialize([
         (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
                           k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, NUM_WARPS)),
         (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
                            STAGES, BLOCK_K)),
-    ], _LOAD_WARPS, _LOAD_REGS)
+    ], common.LOAD_WARPS, common.LOAD_REGS)
 
 
 def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
@@ -263,29 +201,8 @@ def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
 
 def config_problem(block_w: int, block_t: int, block_k: int, stages: int) -> str | None:
     """Why a tile config cannot work on sm_90 (None if it should): checked before compiling."""
-    if block_w not in (64, 128):
-        return "block_w must be 64 (one consumer warpgroup) or 128 (two)"
-    if block_t not in (16, 32, 64, 128, 256):
-        return "block_t must be a power of two in [16, 256] (wgmma N)"
-    if block_k not in (64, 128):
-        return "block_k must be 64 or 128"
-    if stages < 2:
-        return "stages must be >= 2"
-    need = smem_bytes(block_w, block_t, block_k, stages)
-    if need > SMEM_LIMIT:
-        return f"needs {need} bytes of shared memory (> {SMEM_LIMIT})"
-    return None
-
-
-@functools.cache
-def available(device_index: int) -> bool:
-    """Gluon imported and the device is sm_90 (the kernel uses Hopper's wgmma and TMA)."""
-    return _IMPORT_ERROR is None and torch.cuda.get_device_capability(device_index)[0] == 9
-
-
-@functools.cache
-def _smem_layout(block: tuple[int, int], dtype: str):
-    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, dtype))
+    tile = (block_w, block_t, block_k, stages)
+    return common.tile_problem(tile, (64, 128), smem_bytes(*tile))
 
 
 def nested_fp16_gemm_rs(
@@ -311,21 +228,14 @@ def nested_fp16_gemm_rs(
     """
     m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if not checked:
-        if x2d.device.type != "cuda" or not available(x2d.device.index or 0):
-            raise GluonUnavailable(f"nested_fp16_gemm_rs needs an sm_90 GPU and Gluon (got {x2d.device}; "
-                                   f"import error: {_IMPORT_ERROR!r})")
-        problem = config_problem(*tile)
-        if problem:
-            raise ValueError(f"tile {tile}: {problem}")
-        if not tma_ok(x2d, upper, lower):
-            raise ValueError("TMA needs K % 16 == 0 and 16-byte aligned x and plane bases and row pitches")
+        common.check_launch("nested_fp16_gemm_rs", tile, config_problem(*tile), x2d, upper, lower)
     block_w, block_t, block_k, stages = tile
     if m == 0:
         return out
     xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
     sx = x2d.stride(0)
-    plane_layout = _smem_layout((block_w, block_k), "uint8")
-    descs = (TmaArg(x2d, (m, k), (sx, 1), (block_t, block_k), _smem_layout((block_t, block_k), xdt)),
+    plane_layout = common.smem_layout((block_w, block_k), "uint8")
+    descs = (TmaArg(x2d, (m, k), (sx, 1), (block_t, block_k), common.smem_layout((block_t, block_k), xdt)),
              TmaArg(upper, (n, k), (k, 1), (block_w, block_k), plane_layout, torch.uint8),
              TmaArg(lower, (n, k), (k, 1), (block_w, block_k), plane_layout))
     so = out.stride(0)
@@ -343,10 +253,3 @@ def nested_fp16_gemm_rs(
         num_warps, 1, spec,
     )
     return out
-
-
-def tma_ok(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> bool:
-    """What TMA needs of the operands: 16-byte aligned bases and row pitches (K % 16 == 0 for the planes)."""
-    k = x2d.shape[1]
-    return (k % 16 == 0 and x2d.stride(1) == 1 and (x2d.stride(0) * x2d.element_size()) % 16 == 0
-            and x2d.data_ptr() % 16 == 0 and upper.data_ptr() % 16 == 0 and lower.data_ptr() % 16 == 0)

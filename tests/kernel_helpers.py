@@ -12,6 +12,29 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref.double()).norm() / ref.double().norm())
 
 
+def hopper_gluon_problem() -> str | None:
+    """None if the Gluon kernels' GPU tests can run here, else why not (the skip reason)."""
+    from kernels.gluon_common import IMPORT_ERROR
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    if torch.cuda.get_device_capability()[0] != 9:
+        return "needs compute capability 9.x (Hopper)"
+    if IMPORT_ERROR is not None:
+        return f"Triton without a usable Gluon: {IMPORT_ERROR!r}"
+    return None
+
+
+def nested_weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
+    """Random [n, k] FP16 weights split into NestedFP planes; magnitudes >= amax / 512 so that a
+    pre-scale (amax > 1.875) is exact."""
+    from kernels import nested_split
+
+    w = (torch.randn(n, k, device=device) * (amax / 4)).clamp(-amax, amax)
+    w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
+    return nested_split(w.half())
+
+
 def poison_split_k_workspace(device: torch.device) -> None:
     """Fill the device's split-K workspace with NaN, so that ``split_k_partials_written`` can tell."""
     from kernels import split_k

@@ -15,33 +15,14 @@ import pytest
 import torch
 
 from kernels import gluon_fp16 as G
-from kernels import nested_linear, nested_split, triton_dispatch, tuning
-from tests.kernel_helpers import rel_err
+from kernels import nested_linear, triton_dispatch, tuning
+from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
 
-
-def _hopper_with_gluon() -> str | None:
-    """None if the GPU tests can run here, else why not."""
-    if not torch.cuda.is_available():
-        return "needs a CUDA device"
-    if torch.cuda.get_device_capability()[0] != 9:
-        return "needs compute capability 9.x (Hopper)"
-    if G._IMPORT_ERROR is not None:
-        return f"Triton without a usable Gluon: {G._IMPORT_ERROR!r}"
-    return None
-
-
-needs_hopper = pytest.mark.skipif(_hopper_with_gluon() is not None, reason=str(_hopper_with_gluon()))
+needs_hopper = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 
 # (M, N, K): M ragged against block_t, N against block_w, K against block_k, rings that wrap.
 SHAPES = [(100, 384, 2048), (33, 200, 528), (7, 4096, 1024)]
 TILES = [(128, 128, 64, 4), (64, 16, 128, 5), (64, 256, 64, 3)]
-
-
-def _weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
-    """Random FP16 weights; magnitudes >= amax / 512 so that a pre-scale (amax > 1.875) is exact."""
-    w = (torch.randn(n, k, device=device) * (amax / 4)).clamp(-amax, amax)
-    w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
-    return nested_split(w.half())
 
 
 def test_config_checks_refuse_tiles_that_cannot_fit():
@@ -101,15 +82,15 @@ def test_every_table_tile_is_a_valid_config():
 
 
 def test_dispatcher_keeps_cpu_tensors_on_the_triton_path():
-    nw = _weights(64, 64, device="cpu")
+    nw = nested_weights(64, 64, device="cpu")
     x = torch.randn(64, 64).half()
     assert not triton_dispatch.use_gluon(x, nw.upper, nw.lower)
 
 
 def test_refuses_to_run_off_hopper_with_a_clear_error():
-    if _hopper_with_gluon() is None:
+    if hopper_gluon_problem() is None:
         pytest.skip("this machine can run the kernel")
-    nw = _weights(64, 64, device="cpu")
+    nw = nested_weights(64, 64, device="cpu")
     mode = torch.zeros(1, dtype=torch.int32)
     with pytest.raises(G.GluonUnavailable):
         G.nested_fp16_gemm_rs(torch.randn(4, 64).half(), nw.upper, nw.lower, mode, 0)
@@ -121,7 +102,7 @@ def test_refuses_to_run_off_hopper_with_a_clear_error():
 def test_matches_reference_at_fp16_gemm_error(m, n, k, tile):
     from kernels.ops import new_mode_tensor
 
-    nw = _weights(n, k)
+    nw = nested_weights(n, k)
     x = torch.randn(m, k, device="cuda").half()
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
     G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp16"), nw.scale_exp, out=out, tile=tile)
@@ -134,7 +115,7 @@ def test_bias_prescale_and_bf16(dtype):
     from kernels.ops import new_mode_tensor
 
     m, n, k = SHAPES[0]
-    nw = _weights(n, k, amax=5.0)
+    nw = nested_weights(n, k, amax=5.0)
     assert nw.scale_exp > 0
     x = torch.randn(m, k, device="cuda").to(dtype)
     bias = torch.randn(n, device="cuda").to(dtype)
@@ -148,7 +129,7 @@ def test_fp8_mode_leaves_the_output_untouched():
     from kernels.ops import new_mode_tensor
 
     m, n, k = SHAPES[1]
-    nw = _weights(n, k)
+    nw = nested_weights(n, k)
     x = torch.randn(m, k, device="cuda").half()
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
     G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, new_mode_tensor("cuda", "fp8"), nw.scale_exp, out=out)
@@ -161,7 +142,7 @@ def test_fp8_mode_quantizes_x_exactly_as_act_quant(m, k):
     from kernels.ops import new_mode_tensor
     from kernels.triton_fp8 import act_quant
 
-    nw = _weights(256, k)
+    nw = nested_weights(256, k)
     x = torch.randn(m, k, device="cuda").half() * 3
     x[1, :] = 0  # an all-zero row: the minimum scale
     mode = new_mode_tensor("cuda", "fp8")
@@ -179,7 +160,7 @@ def test_op_takes_the_gluon_kernel_where_the_table_says_and_matches_both_modes(m
     from kernels.ops import new_mode_tensor
 
     m, n, k = 64, 6144, 1024  # no table entry for this (N, K): the heuristic picks Gluon at M = 64
-    nw = _weights(n, k)
+    nw = nested_weights(n, k)
     x = torch.randn(m, k, device="cuda").half()
     assert triton_dispatch.use_gluon(x, nw.upper, nw.lower)
     y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, new_mode_tensor("cuda", mode), nw.scale_exp)

@@ -145,7 +145,7 @@ def test_word_merge_equals_the_byte_merge_on_random_groups():
 def test_word_merge_of_split_tiles_equals_nested_merge(amax, shape):
     gen = torch.Generator().manual_seed(int(amax * 1000))
     w = (torch.randn(*shape, generator=gen) * amax / 3).clamp(-amax, amax)
-    if amax > 1.875:  # as tests/test_gluon_fp16._weights: nothing subnormal after the pre-scale
+    if amax > 1.875:  # as tests.kernel_helpers.nested_weights: nothing subnormal after the pre-scale
         w = torch.where(w.abs() < amax / 512, torch.full_like(w, amax / 512) * w.sign().add(0.5).sign(), w)
     w = w.half()
     w[0, :4] = torch.tensor([0.0, -0.0, amax, -amax]).half()

@@ -1,0 +1,173 @@
+"""What the Gluon kernels for Hopper (``kernels.gluon_fp16``, ``kernels.gluon_fp8``) share.
+
+Both are swap-AB GEMMs (the weight in wgmma's M slot, the tokens in its N slot) fed by a 1-warp TMA
+producer through a ring of mbarrier-guarded stages, so beyond the import guard and the host checks
+they share device code too: the producer's claim of a slot, the grouped tile order, the ring's
+barriers and the epilogue's bias and transposed store. Each piece is inlined where it is called.
+
+The import guard: Gluon (``triton.experimental.gluon``) is an experimental API (used here as of
+Triton 3.6.0), so a module importing this one loads on any machine, and its launches raise
+``GluonUnavailable`` where Gluon did not import (``IMPORT_ERROR`` says why) or the GPU is no sm_90.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Gluon (triton.experimental.gluon) exists from Triton 3.4; the API used here is 3.6.0's.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    IMPORT_ERROR: Exception | None = None
+except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", reported when called
+    gluon = gl = None
+    fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = None
+    IMPORT_ERROR = e
+
+__all__ = ["IMPORT_ERROR", "LOAD_REGS", "LOAD_WARPS", "SMEM_LIMIT", "GluonUnavailable", "available", "check_launch",
+           "claim_slot", "const", "fence_async_shared", "gl", "gluon", "grouped_tile", "jit", "mbarrier",
+           "ring_barriers", "smem_layout", "store_transposed", "tile_problem", "tma", "tma_ok", "warpgroup_mma",
+           "warpgroup_mma_wait"]
+
+SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
+
+
+class GluonUnavailable(RuntimeError):
+    """This Triton has no (compatible) Gluon, or the device is not an sm_90 GPU."""
+
+
+def jit(fn=None, **kw):
+    """``gluon.jit`` when Gluon imported; else the plain function (never called then)."""
+    if gluon is None:
+        return fn if fn is not None else (lambda f: f)
+    return gluon.jit(fn, **kw) if fn is not None else gluon.jit(**kw)
+
+
+const = gl.constexpr if gl is not None else (lambda v: v)  # wraps the globals a Gluon kernel may read
+LOAD_WARPS = const([1])  # the TMA worker
+LOAD_REGS = const([24])  # setmaxnreg minimum; it holds a few scalars
+
+
+# ------------------------------------------------------------------------------------------- device
+
+
+@jit
+def grouped_tile(tile, M, N, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr):
+    """(off_w, off_t) of output tile number ``tile`` in grouped order: GROUP weight blocks walk the
+    token blocks together, so each weight block comes from HBM about once and x blocks stay in L2."""
+    num_w = gl.cdiv(N, BLOCK_W)
+    num_t = gl.cdiv(M, BLOCK_T)
+    per_group = GROUP * num_t
+    first_w = (tile // per_group) * GROUP
+    size = gl.minimum(num_w - first_w, GROUP)
+    pid_w = first_w + (tile % per_group) % size
+    pid_t = (tile % per_group) // size
+    return pid_w * BLOCK_W, pid_t * BLOCK_T
+
+
+@jit
+def ring_barriers(STAGES: gl.constexpr):
+    """(ready, empty): per stage, TMA has filled the slot / the MMA that read it has retired;
+    initialized and fenced, so allocated after the ring's buffers and before the partitions fork."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    fence_async_shared()
+    return ready, empty
+
+
+@jit
+def claim_slot(ready, empty, i, STAGES: gl.constexpr, nbytes: gl.constexpr):
+    """The TMA producer's step i: waits until slot i % STAGES is free (the MMA that read its previous
+    contents retired), arms its ready barrier for ``nbytes``; returns (slot, ready barrier)."""
+    s = i % STAGES
+    # A fresh mbarrier counts as having completed the phase of parity 1: the first pass over
+    # the ring does not block.
+    mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+    bar = ready.index(s)
+    mbarrier.expect(bar, nbytes)
+    return s, bar
+
+
+@jit
+def store_transposed(acc, acc_layout: gl.constexpr, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                     HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """y[t, w] = acc[w, t] + bias[w] in y's dtype, for the [BLOCK_W, BLOCK_T] tile at (off_w, off_t)."""
+    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))  # weight rows = y columns
+    if HAS_BIAS:
+        b = gl.load(bias_ptr + rows, mask=rows < N, other=0.0)
+        acc = acc + b.to(gl.float32)[:, None]
+    # y[t, w]: consecutive weight rows are consecutive addresses, so store from a layout in which
+    # each thread holds 8 consecutive rows of one token column.
+    store_layout: gl.constexpr = gl.BlockedLayout([8, 1], [BLOCK_W // 8, 256 // BLOCK_W], [1, NUM_WARPS], [0, 1])
+    out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), store_layout)
+    rows = off_w + gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, store_layout))
+    toks = off_t + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, store_layout))
+    ptrs = y_ptr + toks.to(gl.int64)[None, :] * stride_ym + rows[:, None]
+    gl.store(ptrs, out, mask=(rows[:, None] < N) & (toks[None, :] < M))
+
+
+# --------------------------------------------------------------------------------------------- host
+
+
+@functools.cache
+def available(device_index: int) -> bool:
+    """Gluon imported and the device is sm_90 (the kernels use Hopper's wgmma and TMA)."""
+    return IMPORT_ERROR is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+@functools.cache
+def smem_layout(block: tuple[int, int], dtype: str):
+    """The NVMMA shared layout (swizzled for wgmma) of a TMA block of ``gl.<dtype>`` elements."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, dtype))
+
+
+def tile_problem(tile: tuple[int, int, int, int], block_ks: tuple[int, ...], smem: int) -> str | None:
+    """Why a (block_w, block_t, block_k, stages) tile cannot work on sm_90 (None if it should), for a
+    kernel that takes these block_k values and needs ``smem`` bytes of shared memory for the tile."""
+    block_w, block_t, block_k, stages = tile
+    if block_w not in (64, 128):
+        return "block_w must be 64 (one consumer warpgroup) or 128 (two)"
+    if block_t not in (16, 32, 64, 128, 256):
+        return "block_t must be a power of two in [16, 256] (wgmma N)"
+    if block_k not in block_ks:
+        return f"block_k must be one of {block_ks}"
+    if stages < 2:
+        return "stages must be >= 2"
+    if smem > SMEM_LIMIT:
+        return f"needs {smem} bytes of shared memory (> {SMEM_LIMIT})"
+    return None
+
+
+def tma_ok(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor | None = None) -> bool:
+    """What TMA needs of the operands: K % 16 == 0, unit stride along K, 16-byte aligned bases and row
+    pitches (the planes are contiguous [N, K] bytes: K % 16 == 0 aligns their pitch). The FP8 kernel
+    reads no lower plane. Spelled out, not a loop over planes: the FP16 op asks on every eager call."""
+    return (x.shape[1] % 16 == 0 and x.stride(1) == 1 and (x.stride(0) * x.element_size()) % 16 == 0
+            and x.data_ptr() % 16 == 0 and upper.data_ptr() % 16 == 0
+            and (lower is None or lower.data_ptr() % 16 == 0))
+
+
+def check_launch(fn: str, tile: tuple[int, int, int, int], problem: str | None, x: torch.Tensor,
+                 upper: torch.Tensor, lower: torch.Tensor | None = None) -> None:
+    """What every launch of ``fn`` needs beyond its operands' shapes and dtypes: raises
+    ``GluonUnavailable`` off an sm_90 GPU or without Gluon, ``ValueError`` for a tile that cannot
+    work (``problem``, from the kernel's ``config_problem``) or operands TMA cannot address."""
+    if x.device.type != "cuda" or not available(x.device.index or 0):
+        raise GluonUnavailable(f"{fn} needs an sm_90 GPU and Gluon (got {x.device}; "
+                               f"import error: {IMPORT_ERROR!r})")
+    if problem:
+        raise ValueError(f"tile {tile}: {problem}")
+    if not tma_ok(x, upper, lower):
+        raise ValueError("TMA needs K % 16 == 0 and 16-byte aligned x and plane bases and row pitches")

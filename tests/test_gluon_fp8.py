@@ -1,0 +1,258 @@
+"""The Gluon NestedFP8 GEMM (``kernels.gluon_fp8``): not wired into the op yet.
+
+On a Hopper GPU with a Triton that has Gluon: the kernel against ``kernels.reference`` on ragged
+shapes (output poisoned with NaN, so an unwritten tile fails), bias + pre-scale + bf16, split-K, the
+device-side mode (only mode 1 writes) and a CUDA-graph replay across mode flips. Everywhere else (CPU
+CI) those skip; what runs there is the tile checks, that the module imports without a GPU and refuses
+to run with a clear error, and that the wrapper's launch matches the kernel's signature (descriptor
+order, block shapes, constexprs), with the launch itself captured.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import gluon_fp8 as G
+from kernels import gluon_fp16, nested_linear
+from kernels.fast_launch import TmaArg
+from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
+
+FP8_TOL = 5e-3  # against the reference's own quantization (kernels.bench uses the same)
+needs_hopper = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
+
+# (M, N, K): M ragged against block_t (1, 7, 16, 33, 64), N not a multiple of block_w (200: not even of
+# 16), K not of block_k (multiples of 16, as TMA needs), rings that wrap.
+SHAPES = [(1, 4096, 2048), (7, 200, 528), (16, 1008, 1056), (33, 3024, 2048), (64, 384, 4096)]
+TILES = [(64, 16, 128, 8), (64, 16, 256, 10), (128, 16, 128, 10), (64, 64, 256, 5), (128, 64, 128, 6)]
+
+
+def _case(shape: tuple[int, int, int], amax: float = 0.5, dtype: torch.dtype = torch.float16):
+    """(nw, x, xq, xs, mode): weights for (M, N, K), x [M, K] and its per-token codes and scales
+    (``act_quant``), and the FP8-mode tensor that quantized them."""
+    from kernels.ops import new_mode_tensor
+    from kernels.triton_fp8 import act_quant
+
+    m, n, k = shape
+    nw = nested_weights(n, k, amax)
+    mode = new_mode_tensor("cuda", "fp8")
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    xq, xs = act_quant(x, mode)
+    return nw, x, xq, xs, mode
+
+
+def _product(xq, xs, nw, bias=None, dtype=torch.float16):
+    """The reference product on the given codes (``kernels.reference.fp8_linear_reference``'s arithmetic)."""
+    y = (xq.float() @ nw.upper.float().t()) * (xs.view(-1, 1) * nw.fp8_weight_scale)
+    return (y if bias is None else y + bias.float()).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- CPU
+
+
+def test_config_checks_refuse_tiles_that_cannot_fit():
+    assert G.config_problem(64, 16, 128, 4) is None
+    assert G.config_problem(64, 16, 256, 10) is None
+    assert "shared memory" in G.config_problem(128, 256, 256, 4)
+    assert "block_w" in G.config_problem(32, 16, 128, 4)
+    assert "block_t" in G.config_problem(64, 48, 128, 4)
+    assert "block_t" in G.config_problem(64, 8, 128, 4)
+    assert "block_k" in G.config_problem(64, 16, 32, 4)
+    assert "stages" in G.config_problem(64, 16, 128, 1)
+    assert G.smem_bytes(64, 16, 128, 8) == 8 * 80 * 128 + 32 * 64 + 512
+
+
+def test_default_tiles_fit_and_splits_only_where_they_compiled_without_spills():
+    for t in G.TILES:
+        assert G.config_problem(*t) is None, t
+    configs = G.check_configs()
+    assert len(set(configs)) == len(configs)
+    assert {c[:4] for c in configs} == set(G.TILES)
+    for c in configs:
+        assert c[4] == 1 or (c[0] == 64 and c[1] <= 64), c
+
+
+def test_configs_for_cap_the_token_tile_and_split_short_grids():
+    from kernels.tuning import token_cap
+
+    for m in (1, 16, 64, 128, 256):
+        for n in (4096, 28672):
+            got = G.configs_for(m, n, 132)
+            assert got and set(got) <= set(G.check_configs())
+            assert all(token_cap(m) // 2 <= c[1] <= token_cap(m) for c in got), (m, got)
+    # 8B.o at M = 1: 64 tiles of 64 rows for 132 SMs: split 2 and 4 are timed; 8B.gate_up (448 tiles): neither
+    assert (64, 16, 128, 8, 2) in G.configs_for(1, 4096, 132)
+    assert (64, 16, 128, 8, 4) in G.configs_for(1, 4096, 132)
+    assert all(c[4] == 1 for c in G.configs_for(1, 28672, 132))
+
+
+def test_module_imports_without_a_gpu_and_shares_the_fp16_kernels_error():
+    assert G.GluonUnavailable is gluon_fp16.GluonUnavailable
+    assert callable(G.nested_fp8_gemm_rs)
+
+
+def test_refuses_to_run_off_hopper_with_a_clear_error():
+    if hopper_gluon_problem() is None:
+        pytest.skip("this machine can run the kernel")
+    nw = nested_weights(64, 64, device="cpu")
+    xq = torch.zeros(4, 64, dtype=torch.float8_e4m3fn)
+    with pytest.raises(G.GluonUnavailable):
+        G.nested_fp8_gemm_rs(xq, torch.ones(4), nw.upper, torch.ones(1, dtype=torch.int32), 0)
+
+
+def test_operand_checks():
+    nw = nested_weights(64, 64, device="cpu")
+    mode = torch.ones(1, dtype=torch.int32)
+    xq = torch.zeros(4, 64, dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError):
+        G.nested_fp8_gemm_rs(xq.view(torch.uint8), torch.ones(4), nw.upper, mode, 0)  # codes as bytes
+    with pytest.raises(ValueError, match="shape"):
+        G.nested_fp8_gemm_rs(xq[:, :32], torch.ones(4), nw.upper, mode, 0)
+    with pytest.raises(ValueError, match="xs"):
+        G.nested_fp8_gemm_rs(xq, torch.ones(3), nw.upper, mode, 0)
+    with pytest.raises(ValueError, match="out"):
+        G.nested_fp8_gemm_rs(xq, torch.ones(4), nw.upper, mode, 0, out=torch.empty(4, 64))  # fp32 out
+
+
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("plane", [torch.float8_e4m3fn, torch.uint8])
+def test_launch_matches_the_kernel_signature(monkeypatch, plane, split):
+    """The wrapper's launch (captured, no GPU): descriptors lead, x's before the plane's, with the tile's
+    block shapes (the plane read as E4M3 whatever its stored dtype); the run-time arguments then the
+    constexprs the kernel declares (fast_launch's direct path needs that order); one program per tile
+    and split. Runs without Gluon too: the shared-memory layouts are stubbed and the kernel's parameters
+    are read from its Python signature (``gl.constexpr`` annotations)."""
+    import inspect
+
+    from kernels import split_k
+
+    seen = {}
+    monkeypatch.setattr(G, "_check", lambda *a: None)
+    monkeypatch.setattr(G.common, "smem_layout", lambda block, dtype: ("nvmma", block, dtype))
+    monkeypatch.setattr(G, "launch", lambda kernel, grid, args, consts, nw_, ns, spec: seen.update(
+        kernel=kernel, grid=grid, args=args, consts=consts, num_warps=nw_, num_stages=ns))
+    monkeypatch.setattr(split_k, "buffers", lambda dev, tiles, partials: (torch.empty(partials),
+                                                                          torch.zeros(tiles, dtype=torch.int32)))
+    m, n, k, tile = 33, 1000, 1056, (64, 32, 256, 6)
+    xq = torch.zeros(m, k, dtype=torch.float8_e4m3fn)
+    upper = torch.zeros(n, k, dtype=plane)
+    y = G.nested_fp8_gemm_rs(xq, torch.ones(m), upper, torch.ones(1, dtype=torch.int32), 2, tile=tile,
+                             out_dtype=torch.bfloat16, split_k=split)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    params = inspect.signature(getattr(seen["kernel"], "fn", seen["kernel"])).parameters.values()
+    runtime = [p.name for p in params if p.annotation != "gl.constexpr"]
+    consts = [p.name for p in params if p.annotation == "gl.constexpr"]
+    assert [p.name for p in params] == runtime + consts, "constexprs must follow every run-time argument"
+    assert len(seen["args"]) == len(runtime) and list(seen["consts"]) == consts
+    xd, wd = seen["args"][:2]
+    assert isinstance(xd, TmaArg) and isinstance(wd, TmaArg)
+    assert xd.base is xq and xd.block_shape == (32, 256) and xd.shape == (m, k)
+    assert wd.base is upper and wd.block_shape == (64, 256) and wd.shape == (n, k)
+    assert wd.view == (torch.float8_e4m3fn if plane == torch.uint8 else None)
+    assert seen["args"][runtime.index("w_scale")] == 2.0 ** (-8 + 2)
+    assert seen["grid"] == -(-n // 64) * -(-m // 32) * split
+    assert seen["consts"]["SPLIT_K"] == split and seen["num_warps"] == 4 and seen["num_stages"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+
+
+@needs_hopper
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_reference(m, n, k, tile):
+    nw, x, xq, xs, mode = _case((m, n, k))
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, nw.scale_exp, out=out, tile=tile)
+    assert rel_err(out, _product(xq, xs, nw)) < 2e-3  # the same codes: GEMM rounding only
+    assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL  # the op's reference (torch's quantization)
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bias_prescale_and_bf16(dtype):
+    n = SHAPES[3][1]
+    nw, x, xq, xs, mode = _case(SHAPES[3], amax=5.0, dtype=dtype)
+    assert nw.scale_exp > 0
+    bias = torch.randn(n, device="cuda").to(dtype)
+    y = G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, nw.scale_exp, bias, out_dtype=dtype)
+    assert y.dtype == dtype
+    tol = 4 * FP8_TOL if dtype == torch.bfloat16 else FP8_TOL
+    assert rel_err(y, _product(xq, xs, nw, bias, dtype)) < (8e-3 if dtype == torch.bfloat16 else 2e-3)
+    assert rel_err(y, nested_linear(x, nw, "fp8", bias)) < tol
+
+
+@needs_hopper
+def test_plane_as_bytes_gives_the_same_result():
+    nw, _, xq, xs, mode = _case(SHAPES[2])
+    a = G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0)
+    b = G.nested_fp8_gemm_rs(xq, xs, nw.upper.view(torch.uint8), mode, 0)
+    assert torch.equal(a, b)
+
+
+@needs_hopper
+def test_close_to_the_triton_fp8_kernel():
+    """Not bit for bit (another accumulation order), but the same epilogue on the same codes."""
+    from kernels.triton_fp8 import nested_fp8_gemm
+
+    n = SHAPES[4][1]
+    nw, x, xq, xs, mode = _case(SHAPES[4])
+    bias = torch.randn(n, device="cuda").half()
+    a = G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, nw.scale_exp, bias, tile=(64, 64, 128, 8))
+    b = nested_fp8_gemm(x, nw.upper, mode, nw.scale_exp, bias, quantized=(xq, xs))
+    assert rel_err(a, b) < 2e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("split", [2, 4])
+def test_split_k_writes_every_partial_and_resets_its_counters(split):
+    from kernels import split_k
+    from kernels.tuning import TileConfig
+    from tests.kernel_helpers import poison_split_k_workspace, split_k_partials_written
+
+    m, n, _ = SHAPES[1]
+    tile = (64, 16, 128, 8)
+    nw, _, xq, xs, mode = _case(SHAPES[1])
+    G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, tile=tile, split_k=split)  # makes the buffers
+    poison_split_k_workspace(xq.device)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, out=out, tile=tile, split_k=split)
+    torch.cuda.synchronize()
+    assert split_k_partials_written(xq.device, m, n, TileConfig(64, 16, 128, split_k=split))
+    assert not split_k.semaphores(xq.device).any(), "a split-K launch left a counter set"
+    assert torch.equal(out, G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, tile=tile, split_k=split))
+    assert rel_err(out, G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, tile=tile)) < 2e-3
+
+
+@needs_hopper
+def test_fp16_mode_leaves_the_output_untouched():
+    from kernels.ops import new_mode_tensor
+
+    m, n, _ = SHAPES[1]
+    nw, _, xq, xs, _ = _case(SHAPES[1])
+    for split in (1, 2):
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+        G.nested_fp8_gemm_rs(xq, xs, nw.upper, new_mode_tensor("cuda", "fp16"), 0, out=out, split_k=split)
+        assert torch.isnan(out).all()
+
+
+@needs_hopper
+def test_cuda_graph_replay_follows_mode_flips():
+    from kernels.ops import set_host_mode
+
+    nw, _, xq, xs, mode = _case(SHAPES[2])
+    eager = G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, tile=(64, 16, 256, 10))
+    out = torch.empty_like(eager)
+    G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, out=out, tile=(64, 16, 256, 10))  # compiled, direct path
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, out=out, tile=(64, 16, 256, 10))
+    for flip in ("fp16", "fp8", "fp16", "fp8"):
+        set_host_mode(mode, flip)
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        if flip == "fp8":
+            assert torch.equal(out, eager)
+        else:
+            assert torch.isnan(out).all()
