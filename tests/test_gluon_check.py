@@ -1,0 +1,46 @@
+"""The Gluon sweeps' check-then-time bookkeeping (``kernels.gluon_check.time_configs``), on the CPU.
+
+The sweeps themselves need an H200; what decides which tile lands in a table runs anywhere: a config
+is timed only if its output passed the check, a failing or raising config is recorded, not timed,
+and the fastest timed config is the row's best.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import gluon_check
+
+
+def test_time_configs_times_only_checked_configs_and_keeps_the_fastest(monkeypatch):
+    timings = {"fast": 3.0, "slow": 5.0, "wrong": 1.0}
+    monkeypatch.setattr(gluon_check, "bench_us", lambda fn, rep_ms: timings[fn.args[0]])
+    ref = torch.arange(12.0).reshape(3, 4)
+    out = torch.empty_like(ref)
+
+    def run(cfg: str) -> None:
+        if cfg == "raises":
+            raise ValueError("tile does not fit")
+        if cfg == "unwritten":
+            return  # leaves the NaN poison
+        out.copy_(ref if cfg != "wrong" else ref + 1)
+
+    row = dict(cublas_us=6.0)
+    passed = gluon_check.time_configs(row, ["slow", "wrong", "fast", "raises", "unwritten"], run, out, ref,
+                                      1e-3, rep_ms=1)
+    assert passed == 2
+    assert row["best_cfg"] == "fast" and row["best_us"] == 3.0 and row["ratio"] == pytest.approx(2.0)
+    by_cfg = {e["cfg"]: e for e in row["configs"]}
+    assert "us" not in by_cfg["wrong"] and by_cfg["wrong"]["rel_err"] > 1e-3  # fastest, but wrong: not timed
+    assert "ValueError" in by_cfg["raises"]["error"]
+    assert "us" not in by_cfg["unwritten"]
+
+
+def test_time_configs_leaves_no_best_when_nothing_passes(monkeypatch):
+    monkeypatch.setattr(gluon_check, "bench_us", lambda fn, rep_ms: 1.0)
+    ref = torch.ones(2, 2)
+    out = torch.empty_like(ref)
+    row = dict(cublas_us=1.0)
+    assert gluon_check.time_configs(row, ["a"], lambda cfg: None, out, ref, 1e-3, rep_ms=1) == 0
+    assert "best_cfg" not in row and len(row["configs"]) == 1
