@@ -49,6 +49,7 @@ from kernels import gluon_common as common
 from kernels.fast_launch import TmaArg, cdiv, launch
 from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
+from kernels.split_k import split_buffers
 
 __all__ = ["GluonUnavailable", "config_problem", "nested_fp8_gemm_rs", "nested_fp8_rs_kernel", "smem_bytes"]
 GluonUnavailable = common.GluonUnavailable  # what the wrapper raises off Hopper, as kernels.gluon_fp16's
@@ -229,15 +230,7 @@ def nested_fp8_gemm_rs(
         return out
     block_w, block_t, block_k, stages = tile
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
-    ws = sem = out
-    if split_k > 1:
-        from kernels import split_k as sk
-
-        got = sk.buffers(xq.device, tiles, tiles * split_k * block_w * block_t)
-        if got is None:
-            split_k = 1
-        else:
-            ws, sem = got
+    split_k, ws, sem = split_buffers(xq, tiles, split_k, block_w * block_t, out)
     x_layout = common.smem_layout((block_t, block_k), "float8e4nv")
     w_layout = common.smem_layout((block_w, block_k), "float8e4nv")
     descs = (TmaArg(xq, (m, k), (xq.stride(0), 1), (block_t, block_k), x_layout),

@@ -41,7 +41,8 @@ from types import ModuleType
 ALU_OPS = frozenset({"PRMT", "LOP3", "IMAD", "IADD3", "SHF", "VIADD", "IABS", "LEA", "ISETP", "SEL", "MOV", "I2F",
                      "F2I", "IMNMX", "FLO", "POPC", "BFE", "BFI", "SGXT", "PLOP3", "IADD", "HADD2", "HMUL2", "F2FP",
                      "LOP", "SHL", "SHR"})
-_SASS_LINE = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T] )?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?\s*.*?;")
+# One SASS instruction line of nvdisasm: (opcode, modifiers, operands).
+_INSTR = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T] )?([A-Z0-9_]+)(\.[A-Za-z0-9_.]+)?\s*(.*?);")
 
 
 def load_module(src: str | None, kind: str = "fp16") -> ModuleType:
@@ -63,16 +64,27 @@ def load_module(src: str | None, kind: str = "fp16") -> ModuleType:
     return mod
 
 
-def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out_dir: str,
-                 n: int = 4096, k: int = 4096, m: int = 256) -> tuple[str, int, str]:
-    """Compile one tile for sm_90 into out_dir; returns (SASS listing, shared bytes, register usage)."""
-    import torch
+def _compile(kern, args: tuple, consts: dict, num_warps: int):
+    """Compile a Gluon kernel for sm_90 on these (CPU) arguments, as its launch would specialize it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 64)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kern.signature, kern.params, backend)
+    bound, spec, opts = binder(*args, **consts, num_warps=num_warps, num_stages=1)
+    options, signature, constexprs, attrs = kern._pack_args(backend, opts, bound, spec, opts)
+    return triton.compile(GluonASTSource(kern, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out_dir: str,
+                 n: int = 4096, k: int = 4096, m: int = 256) -> tuple[str, int, str]:
+    """Compile one tile for sm_90 into out_dir; returns (SASS listing, shared bytes, register usage)."""
+    import torch
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from kernels.gluon_common import smem_layout
 
@@ -85,15 +97,9 @@ def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out
     xd = TensorDescriptor(x, [m, k], [k, 1], [bt, bk], smem_layout((bt, bk), xdt))
     ud = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
     ld = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
-    target = GPUTarget("cuda", 90, 64)
-    kern, backend = mod.nested_fp16_rs_kernel, make_backend(target)
-    binder = create_function_from_signature(kern.signature, kern.params, backend)
-    bound, spec, opts = binder(xd, ud, ld, y, y, mode, x, y, y, m, n, k, n, k, 1.0, HAS_BIAS=False, QUANT=False,
-                               BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8, NUM_WARPS=bw // 16,
-                               num_warps=bw // 16, num_stages=1)
-    options, signature, constexprs, attrs = kern._pack_args(backend, opts, bound, spec, opts)
-    ck = triton.compile(GluonASTSource(kern, signature, constexprs, attrs), target=target, options=options.__dict__)
-
+    ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, m, n, k, n, k, 1.0),
+                  dict(HAS_BIAS=False, QUANT=False, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
+                       NUM_WARPS=bw // 16), bw // 16)
     name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}"))
     sass, usage = _disassemble(ck, name)
     regs = re.search(r"REG:(\d+)", usage)
@@ -124,12 +130,7 @@ def compile_fp8_tile(mod: ModuleType, tile: tuple[int, int, int, int], odt: str,
     """Compile one tile of the FP8 kernel for sm_90 into out_dir; returns (SASS listing, shared bytes,
     ``-res-usage`` fields: REG, LOCAL, STACK, ...)."""
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import create_function_from_signature
 
     from kernels.gluon_common import smem_layout
 
@@ -144,14 +145,9 @@ def compile_fp8_tile(mod: ModuleType, tile: tuple[int, int, int, int], odt: str,
     mode = torch.zeros(1, dtype=torch.int32)
     xd = TensorDescriptor(xq, [m, k], [k, 1], [bt, bk], smem_layout((bt, bk), "float8e4nv"))
     wd = TensorDescriptor(upper, [n, k], [k, 1], [bw, bk], smem_layout((bw, bk), "float8e4nv"))
-    target = GPUTarget("cuda", 90, 64)
-    kern, backend = mod.nested_fp8_rs_kernel, make_backend(target)
-    binder = create_function_from_signature(kern.signature, kern.params, backend)
-    bound, spec, opts = binder(xd, wd, y, xs, b, mode, ws, sem, m, n, k, n, 2.0**-8, HAS_BIAS=bias, BLOCK_W=bw,
-                               BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8, SPLIT_K=split_k, NUM_WARPS=bw // 16,
-                               num_warps=bw // 16, num_stages=1)
-    options, signature, constexprs, attrs = kern._pack_args(backend, opts, bound, spec, opts)
-    ck = triton.compile(GluonASTSource(kern, signature, constexprs, attrs), target=target, options=options.__dict__)
+    ck = _compile(mod.nested_fp8_rs_kernel, (xd, wd, y, xs, b, mode, ws, sem, m, n, k, n, 2.0**-8),
+                  dict(HAS_BIAS=bias, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8, SPLIT_K=split_k,
+                       NUM_WARPS=bw // 16), bw // 16)
     name = os.path.join(out_dir, "x".join(map(str, tile)) + f"_{odt}" + ("_bias" if bias else "")
                         + (f"_sk{split_k}" if split_k > 1 else ""))
     sass, usage = _disassemble(ck, name)
@@ -159,7 +155,6 @@ def compile_fp8_tile(mod: ModuleType, tile: tuple[int, int, int, int], odt: str,
     return sass, ck.metadata.shared, fields
 
 
-_INSTR = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T] )?([A-Z0-9_]+)(\.[A-Za-z0-9_.]+)?\s*(.*?);")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 
 
@@ -175,7 +170,7 @@ def fp8_loop(sass: str) -> list[tuple[str, str, str]]:
             continue
         m = _INSTR.match(line)
         if m:
-            seq.append((m.group(2), m.group(3) or "", m.group(4)))
+            seq.append((m.group(1), m.group(2) or "", m.group(3)))
     for j, (op, _, args) in enumerate(seq):
         target = re.search(r"`\((\.L_x_\d+)\)", args) if op == "BRA" else None
         if target and labels.get(target.group(1), j) < j:
@@ -190,7 +185,7 @@ def fp8_counts(sass: str, loop: list[tuple[str, str, str]]) -> dict[str, object]
     in-flight depth of its MMA wait, and kernel-wide TMA loads and local-memory accesses (spills)."""
     c = collections.Counter(op for op, _, _ in loop)
     qg = [(mods, args) for op, mods, args in loop if op == "QGMMA"]
-    every = [(m.group(2), m.group(3) or "", m.group(4)) for m in map(_INSTR.match, sass.splitlines()) if m]
+    every = [(m.group(1), m.group(2) or "", m.group(3)) for m in map(_INSTR.match, sass.splitlines()) if m]
     depbar = sorted({args.split(",")[-1].strip() for op, mods, args in loop if op == "WARPGROUP" and "DEPBAR" in mods})
     return dict(loop_ops=len(loop), qgmma=len(qg), qgmma_shapes=sorted({m.lstrip(".") for m, _ in qg}),
                 qgmma_ss=bool(qg) and all(re.match(r"R\d+, gdesc\[", a) for _, a in qg),  # A and B descriptors
@@ -203,7 +198,7 @@ def k_steps(sass: str) -> list[list[tuple[str, str]]]:
     """The consumer's K steps as (opcode, modifiers) lists: from the SYNCS.PHASECHK (wait on `ready`)
     that an HGMMA follows to the WARPGROUP.DEPBAR after it. Code placed elsewhere (retry loops of the
     barrier wait, the epilogue) is not counted."""
-    seq = [(m.group(1), m.group(2) or "") for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    seq = [(m.group(1), m.group(2) or "") for m in map(_INSTR.match, sass.splitlines()) if m]
     steps, i = [], 0
     while i < len(seq):
         if seq[i][0] == "SYNCS" and "PHASECHK" in seq[i][1]:

@@ -71,16 +71,23 @@ def buffers(device: torch.device, tiles: int, partials: int) -> tuple[torch.Tens
     return got
 
 
+def split_buffers(x2d: torch.Tensor, tiles: int, split_k: int, tile_elems: int,
+                  unused: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(split-K factor, partials workspace, semaphores) for a GEMM launch of ``tiles`` output tiles of
+    ``tile_elems`` each: ``unused`` twice and factor 1 without split-K, or where a capture finds no
+    buffers. ``x2d.device`` is read only when the launch splits (it is on the GEMM's hot path)."""
+    if split_k > 1:
+        got = buffers(x2d.device, tiles, tiles * split_k * tile_elems)
+        if got is not None:
+            return split_k, *got
+    return 1, unused, unused
+
+
 def launch_buffers(x2d: torch.Tensor, tiles: int, cfg: TileConfig,
                    unused: torch.Tensor) -> tuple[TileConfig, torch.Tensor, torch.Tensor]:
-    """(config, partials workspace, semaphores) for a GEMM launch of ``tiles`` tiles: ``unused`` twice
-    without split-K, or where a capture finds no buffers, with the config's split-K turned off."""
-    if cfg.split_k > 1:
-        got = buffers(x2d.device, tiles, tiles * cfg.split_k * cfg.block_n * cfg.block_m)
-        if got is not None:
-            return cfg, *got
-        cfg = replace(cfg, split_k=1)
-    return cfg, unused, unused
+    """``split_buffers`` for a Triton GEMM's tile config, with its split-K turned off where it cannot split."""
+    split, ws, sem = split_buffers(x2d, tiles, cfg.split_k, cfg.block_n * cfg.block_m, unused)
+    return (cfg if split == cfg.split_k else replace(cfg, split_k=1)), ws, sem
 
 
 def reserve(device: torch.device) -> None:

@@ -160,7 +160,8 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) ->
 
     Where the shipped op itself ran a Gluon tile, its time says nothing about the Triton kernel, so
     the fastest tile stays. Which kernel shipped: the row's ``shipped_gluon``; in JSON from before
-    that field, the table in effect (this checkout's) and ``GLUON_MIN_M`` decide, as they did then.
+    that field, this checkout's table and ``GLUON_MIN_M`` stand in for what shipped then (on
+    docs/benchmarks/2026-11-22-h200-gluon-words.json that gives the committed table).
     """
     from kernels.triton_dispatch import GLUON_MIN_M  # imports this module
 

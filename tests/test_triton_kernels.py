@@ -25,17 +25,21 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 
 def _interpreted_modules():
-    """Our kernel modules with interpreted kernels (reloaded if another test imported them first).
+    """Our kernel modules with interpreted kernels (reloaded if another test imported any of them first).
 
     Reloaded in import-dependency order: a module that imports another's jit helpers must be
-    reloaded after it, or it keeps the non-interpreted helpers.
+    reloaded after it, or it keeps the non-interpreted helpers. Any one of them may have been
+    imported without the interpreter (e.g. ``kernels.split_k`` by ``kernels.gluon_fp8``) while the
+    others were not, so each is checked.
     """
     from triton.runtime.interpreter import InterpretedFunction
 
     names = ["kernels.tuning", "kernels.split_k", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
              "kernels.triton_dispatch"]
+    jitted = {"kernels.split_k": "split_ids", "kernels.triton_fp8": "quantize_rows",
+              "kernels.triton_fp16": "nested_fp16_kernel", "kernels.triton_merge": "merge_kernel"}
     mods = {n: importlib.import_module(n) for n in names}
-    if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
+    if not all(isinstance(getattr(mods[n], f), InterpretedFunction) for n, f in jitted.items()):
         mods = {n: importlib.reload(mods[n]) for n in names}
     if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
         pytest.skip("Triton kernels were decorated without the interpreter", allow_module_level=True)
