@@ -112,14 +112,16 @@ def _encode(d: TmaArg, meta: dict) -> list:
     return enc
 
 
-def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_stages: int, spec: tuple) -> None:
+def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_stages: int, spec: tuple,
+           pdl: bool = False) -> None:
     """``kernel[(grid,)](*args, **consts)``, directly through the C launcher after the first call.
 
     ``spec``: what Triton specializes on that ``consts`` do not say (dtypes, 16-byte alignment of
     pointers, divisibility of ints), computed cheaply by the caller. ``args`` may start with
-    ``TmaArg`` descriptors (the Gluon kernel).
+    ``TmaArg`` descriptors (the Gluon kernel). ``pdl``: a programmatic dependent launch (Triton's
+    ``launch_pdl``), which may start before the kernel before it ends.
     """
-    key = (id(kernel), num_warps, num_stages, spec, *consts.values())  # id: a JITFunction hashes slowly
+    key = (id(kernel), num_warps, num_stages, pdl, spec, *consts.values())  # id: a JITFunction hashes slowly
     hit = _DIRECT.get(key)
     if hit is not None and not _hooks_set():
         if hit.desc_meta:
@@ -132,7 +134,8 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
                 hit.packed_metadata, None, None, None, *flat, *hit.tail)
         return
     call_args = tuple(a.descriptor() if isinstance(a, TmaArg) else a for a in args)
-    ck = kernel[(grid,)](*call_args, **consts, num_warps=num_warps, num_stages=num_stages)
+    opts = dict(launch_pdl=True) if pdl else {}
+    ck = kernel[(grid,)](*call_args, **consts, num_warps=num_warps, num_stages=num_stages, **opts)
     first = args[0].base if isinstance(args[0], TmaArg) else args[0]
     if first.is_cuda and _stream is not None:
         direct = _direct(kernel, ck, args, consts, first.device.index)

@@ -34,7 +34,8 @@ except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", repo
     IMPORT_ERROR = e
 
 __all__ = ["IMPORT_ERROR", "LOAD_REGS", "LOAD_WARPS", "SMEM_LIMIT", "GluonUnavailable", "available", "check_launch",
-           "claim_slot", "const", "fence_async_shared", "gl", "gluon", "grouped_tile", "jit", "mbarrier",
+           "claim_slot", "const", "fence_async_shared", "gdc_launch_dependents", "gdc_wait", "gl", "gluon",
+           "grouped_tile", "jit", "mbarrier",
            "ring_barriers", "smem_layout", "store_transposed", "tile_problem", "tma", "tma_ok", "warpgroup_mma",
            "warpgroup_mma_wait"]
 
@@ -58,6 +59,23 @@ LOAD_REGS = const([24])  # setmaxnreg minimum; it holds a few scalars
 
 
 # ------------------------------------------------------------------------------------------- device
+
+
+@jit
+def gdc_launch_dependents():
+    """Lets a kernel launched after this one with programmatic dependent launch (PDL) start now, before
+    this one ends: its prologue (the FP8 GEMM's weight prefetch) overlaps this kernel. A no-op
+    without a PDL launch after it."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@jit
+def gdc_wait():
+    """Waits until the kernel before this PDL launch has finished and its writes are visible (returns
+    at once without PDL). Every path of a PDL-launched kernel passes it before it ends, so that the
+    stream's next kernel, which waits for this one only, also runs after the one before."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @jit

@@ -143,23 +143,32 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, 
 
 
 @common.jit
-def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr):
+def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr, QBLOCK: gl.constexpr):
     """Per-token E4M3 quantization of rows pid, pid + nprog, ...: ``triton_fp8.quantize_rows`` on
-    the GPU, bit for bit (the same scale rounding, division and conversion)."""
-    QBLOCK: gl.constexpr = 1024
+    the GPU, bit for bit (the same scale rounding, division and conversion). A row of up to QBLOCK
+    is read once, in one load per thread (at decode one program quantizes a row, and each dependent
+    load is a memory latency: the 1024-wide loop took about 10 us on a 14336-wide row); a longer one
+    takes an absmax pass and a quantizing pass."""
     layout: gl.constexpr = gl.BlockedLayout([QBLOCK // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0])
     offs = gl.arange(0, QBLOCK, layout=layout)
     for row in range(gl.program_id(0), M, gl.num_programs(0)):
         x_row = x_ptr + row.to(gl.int64) * stride_xm
-        amax = gl.zeros([QBLOCK], gl.float32, layout)
-        for k0 in range(0, K, QBLOCK):
-            xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
-            amax = gl.maximum(amax, gl.abs(xk))
-        scale = gl.maximum(gl.max(amax, axis=0) * FP8_MAX_RCP, MIN_ACT_SCALE)
-        for k0 in range(0, K, QBLOCK):
-            xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
+        q_row = q_ptr + row.to(gl.int64) * K
+        if K <= QBLOCK:
+            xk = gl.load(x_row + offs, mask=offs < K, other=0.0).to(gl.float32)
+            scale = gl.maximum(gl.max(gl.abs(xk), axis=0) * FP8_MAX_RCP, MIN_ACT_SCALE)
             q = gl.minimum(gl.maximum(gl.div_rn(xk, scale), -FP8_MAX), FP8_MAX)
-            gl.store(q_ptr + row.to(gl.int64) * K + k0 + offs, q.to(gl.float8e4nv), mask=k0 + offs < K)
+            gl.store(q_row + offs, q.to(gl.float8e4nv), mask=offs < K)
+        else:
+            amax = gl.zeros([QBLOCK], gl.float32, layout)
+            for k0 in range(0, K, QBLOCK):
+                xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
+                amax = gl.maximum(amax, gl.abs(xk))
+            scale = gl.maximum(gl.max(amax, axis=0) * FP8_MAX_RCP, MIN_ACT_SCALE)
+            for k0 in range(0, K, QBLOCK):
+                xk = gl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(gl.float32)
+                q = gl.minimum(gl.maximum(gl.div_rn(xk, scale), -FP8_MAX), FP8_MAX)
+                gl.store(q_row + k0 + offs, q.to(gl.float8e4nv), mask=k0 + offs < K)
         gl.store(s_ptr + row, scale)
 
 
@@ -169,14 +178,16 @@ def nested_fp16_rs_kernel(
     M, N, K, stride_ym, stride_xm, out_scale,
     HAS_BIAS: gl.constexpr, QUANT: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
     BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr,
+    QBLOCK: gl.constexpr,
 ):
+    common.gdc_launch_dependents()  # a PDL-launched FP8 GEMM after this one may start its weight prefetch
     mode = gl.load(mode_ptr)
     if mode != 0:
         # FP8 mode: with QUANT, this launch quantizes x for the FP8 GEMM that follows instead of
         # idling (as ``triton_fp16.nested_fp16_kernel`` does), so the op stays at two launches.
         if QUANT:
             if mode == 1:
-                _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS)
+                _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS, QBLOCK)
         return
     off_w, off_t = common.grouped_tile(gl.program_id(0), M, N, BLOCK_W, BLOCK_T, GROUP)
     k_tiles = gl.cdiv(K, BLOCK_K)
@@ -192,6 +203,11 @@ def nested_fp16_rs_kernel(
         (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
                            STAGES, BLOCK_K)),
     ], common.LOAD_WARPS, common.LOAD_REGS)
+
+
+def quantize_block(k: int, num_warps: int) -> int:
+    """The quantizing path's block: the row's power of two (>= 1024), at most 64 values a thread."""
+    return min(max(1024, 1 << (k - 1).bit_length()), 64 * 32 * num_warps)
 
 
 def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
@@ -241,6 +257,8 @@ def nested_fp16_gemm_rs(
     so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
     num_warps = block_w // 16
+    # Quantizing: rows up to 64 values a thread are read once (quantize_block); else no matter.
+    qblock = quantize_block(k, num_warps) if quant_out is not None else 1024
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15,
             0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
             n & 15, k & 15, so & 15, sx & 15, n == 1)
@@ -249,7 +267,7 @@ def nested_fp16_gemm_rs(
         (*descs, out, bias if bias is not None else out, mode, x2d, q, s, m, n, k, so, sx,
          2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
-             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps),
+             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock),
         num_warps, 1, spec,
     )
     return out

@@ -26,6 +26,13 @@ the epilogue, and resets the semaphore: the mechanism and the buffers of ``kerne
 
 Mode: the kernel reads the one-element int32 ``mode`` on the device first and exits unless it is 1 (FP8).
 
+Programmatic dependent launch (``pdl=True``): the kernel may start while the kernel before it, which
+quantizes x, still runs (that kernel lets it start at once: ``gdc_launch_dependents``). The TMA worker
+requests the weight tiles of the ring's first pass, then waits for that kernel (``griddepcontrol.wait``)
+before it requests x's codes; the consumers wait too before they read x's scales, and so does the FP16-mode
+exit, so the next kernel in the stream still runs after both. At decode the quantization took about as
+long as a fifth of the GEMM (docs/BENCHMARKS.md, "Kernels v7"); this hides it behind the weight stream.
+
 Epilogue: ``acc * (s_x * w_scale)`` then ``+ bias``, cast to y's dtype: the association of
 ``triton_fp8.nested_fp8_kernel``. The fp32 sums differ from that kernel's (another MMA order),
 so the two agree to GEMM rounding, not bit for bit.
@@ -58,11 +65,22 @@ _IMPORT_ERROR = common.IMPORT_ERROR  # the name kernels.gluon_sass reads of eith
 
 @common.jit
 def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_w, off_t, k_lo, k_steps,
-                    STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
+                    STAGES: gl.constexpr, BLOCK_K: gl.constexpr, PDL: gl.constexpr):
     """TMA producer: fills slot i % STAGES once the MMA that read its previous contents retired.
-    Out-of-range rows (tokens >= M, weight rows >= N) and K columns arrive as zeros."""
+    Out-of-range rows (tokens >= M, weight rows >= N) and K columns arrive as zeros. With PDL the
+    weights of the ring's first pass are requested before the kernel before (which writes x's codes)
+    has finished: they do not depend on it."""
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-    for i in range(k_steps):
+    first = 0
+    if PDL:
+        first = gl.minimum(k_steps, STAGES)
+        for i in range(first):
+            s, bar = common.claim_slot(ready, empty, i, STAGES, nbytes)  # armed for both tiles
+            tma.async_copy_global_to_shared(w_desc, [off_w, (k_lo + i) * BLOCK_K], bar, w_bufs.index(s))
+        common.gdc_wait()
+        for i in range(first):
+            tma.async_copy_global_to_shared(x_desc, [off_t, (k_lo + i) * BLOCK_K], ready.index(i), x_bufs.index(i))
+    for i in range(first, k_steps):
         s, bar = common.claim_slot(ready, empty, i, STAGES, nbytes)
         k = (k_lo + i) * BLOCK_K
         tma.async_copy_global_to_shared(w_desc, [off_w, k], bar, w_bufs.index(s))
@@ -83,9 +101,12 @@ def _epilogue(acc, acc_layout: gl.constexpr, y_ptr, xs_ptr, bias_ptr, M, N, stri
 @common.jit
 def _mma_partition(x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym,
                    off_w, off_t, tile, pid_k, k_steps, w_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr,
-                   BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr):
+                   BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr,
+                   PDL: gl.constexpr):
     """The consumer warpgroup(s): async SS wgmma over this program's K steps, then the epilogue
     (after the split-K reduction, in the program that arrives last)."""
+    if PDL:
+        common.gdc_wait()  # the epilogue reads x's scales, written by the kernel before
     # One 8-bit wgmma: 16 rows per warp (64 per warpgroup) x BLOCK_T tokens x 32 of K.
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                          instr_shape=[16, BLOCK_T, 32])
@@ -130,8 +151,11 @@ def nested_fp8_rs_kernel(
     M, N, K, stride_ym, w_scale,
     HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
     STAGES: gl.constexpr, GROUP: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr,
+    PDL: gl.constexpr,
 ):
     if gl.load(mode_ptr) != 1:
+        if PDL:
+            common.gdc_wait()
         return
     # SPLIT_K consecutive programs per tile (kernels.split_k.split_ids), tiles in grouped order: GROUP
     # weight blocks walk the token blocks together, so each weight block comes from HBM about once.
@@ -150,9 +174,9 @@ def nested_fp8_rs_kernel(
     gl.warp_specialize([
         (_mma_partition, (x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym,
                           off_w, off_t, tile, pid_k, k_steps, w_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, SPLIT_K,
-                          NUM_WARPS)),
+                          NUM_WARPS, PDL)),
         (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_w, off_t, k_lo, k_steps, STAGES,
-                           BLOCK_K)),
+                           BLOCK_K, PDL)),
     ], common.LOAD_WARPS, common.LOAD_REGS)
 
 
@@ -207,6 +231,7 @@ def nested_fp8_gemm_rs(
     checked: bool = False,
     out_dtype: torch.dtype | None = None,
     split_k: int = 1,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """Writes ``(xq @ upper.T) * (xs * 2**(-8 + scale_exp)) + bias`` into ``out`` if ``mode[0] == 1``;
     otherwise ``out`` is returned as it was.
@@ -217,6 +242,8 @@ def nested_fp8_gemm_rs(
     ``split_k`` > 1: that many programs per tile over slices of K (``kernels.split_k``; one program
     per tile where its buffers cannot be had, e.g. inside a capture that would have to allocate them).
     ``checked``: the caller has checked operands, device, tile and TMA addressing.
+    ``pdl``: launched as a programmatic dependent of the kernel before, which writes ``xq`` and ``xs``
+    (the FP16 launch or ``act_quant``): the weight prefetch overlaps that kernel (module docstring).
     Raises ``GluonUnavailable`` off Hopper or without Gluon; ``TypeError`` / ``ValueError`` for
     operands or tiles that cannot work.
     """
@@ -248,8 +275,8 @@ def nested_fp8_gemm_rs(
         nested_fp8_rs_kernel, tiles * split_k,
         (*descs, out, xs, b, mode, ws, sem, m, n, k, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
         dict(HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, STAGES=stages,
-             GROUP=8, SPLIT_K=split_k, NUM_WARPS=num_warps),
-        num_warps, 1, spec,
+             GROUP=8, SPLIT_K=split_k, NUM_WARPS=num_warps, PDL=pdl),
+        num_warps, 1, spec, pdl=pdl,
     )
     return out
 
@@ -303,8 +330,8 @@ def configs_for(m: int, n: int, sms: int, tiles=TILES) -> list[Config]:
     return out
 
 
-def _run(xq, xs, nw, mode, c: Config, bias=None, out=None):
-    return nested_fp8_gemm_rs(xq, xs, nw.upper, mode, nw.scale_exp, bias, out, c[:4], split_k=c[4])
+def _run(xq, xs, nw, mode, c: Config, bias=None, out=None, pdl=False):
+    return nested_fp8_gemm_rs(xq, xs, nw.upper, mode, nw.scale_exp, bias, out, c[:4], split_k=c[4], pdl=pdl)
 
 
 def _reference(xq, xs, nw, bias, dtype):
@@ -424,13 +451,45 @@ def sweep(shapes: dict, ms: tuple[int, ...], bad: set, rep_ms: int, budget_s: fl
                               rep_ms)
             if ok:
                 r["vs_triton"] = r["triton_fp8_us"] / r["best_us"]
+                _time_op(r, x, xq, xs, nw, mode, cfg, out, ref, rep_ms)
             rows.append(r)
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:4d} cuBLAS16 {r['cublas_us']:7.1f} tritonFP8 "
                   f"{r['triton_fp8_us']:7.1f} cuBLASLt8 {r.get('cublaslt_fp8_us', float('nan')):7.1f} gluon "
                   f"{r.get('best_us', float('nan')):7.1f} x{r.get('ratio', 0):.3f} (triton x"
-                  f"{r['triton_ratio']:.3f}) {r.get('best_cfg')} [{ok}/{len(configs)} ok]", flush=True)
+                  f"{r['triton_ratio']:.3f}) {r.get('best_cfg')} [{ok}/{len(configs)} ok]"
+                  f" | op: triton {r.get('op_triton_us', float('nan')):6.1f} gluon {r.get('op_gluon_us', float('nan')):6.1f}"
+                  f" pdl {r.get('op_gluon_pdl_us', float('nan')):6.1f} (err {r.get('op_gluon_pdl_rel_err', float('nan')):.1e})",
+                  flush=True)
             write()
     return rows
+
+
+def _time_op(r: dict, x, xq, xs, nw, mode, cfg, out, ref, rep_ms: int) -> None:
+    """The op's FP8 path at this M, a launch that quantizes x and then the GEMM, as the dispatcher would
+    run it: the Triton GEMM after ``act_quant`` (or with the quantization fused, as its config says),
+    and the best Gluon config after ``act_quant``, launched plainly and with PDL. The PDL pair is first
+    checked with x's codes and scales poisoned, so a GEMM that read them before the quantization
+    finished fails (``op_gluon_pdl_rel_err``)."""
+    from kernels.bench import graphed, rel_err
+    from kernels.gluon_check import bench_us
+    from kernels.triton_fp8 import act_quant, nested_fp8_gemm
+
+    def gluon_op(pdl: bool):
+        return lambda: (act_quant(x, mode, (xq, xs)), _run(xq, xs, nw, mode, r["best_cfg"], out=out, pdl=pdl))
+
+    r["op_triton_us"] = bench_us(functools.partial(nested_fp8_gemm, x, nw.upper, mode, nw.scale_exp, out=out,
+                                                   config=cfg), rep_ms)
+    replay = graphed(gluon_op(True))
+    xq.zero_()
+    xs.fill_(float("nan"))
+    out.fill_(float("nan"))
+    replay()
+    r["op_gluon_pdl_rel_err"] = rel_err(out, ref)
+    if r["op_gluon_pdl_rel_err"] < CHECK_TOL:
+        r["op_gluon_us"] = bench_us(gluon_op(False), rep_ms)
+        r["op_gluon_pdl_us"] = bench_us(gluon_op(True), rep_ms)
+        r["op_ratio"] = r["cublas_us"] / r["op_gluon_pdl_us"]
+        r["op_triton_ratio"] = r["cublas_us"] / r["op_triton_us"]
 
 
 def _geomeans(rows: list[dict]) -> dict:
@@ -441,7 +500,7 @@ def _geomeans(rows: list[dict]) -> dict:
 
     def gm(sel: list[dict]) -> dict:
         g: dict = dict(rows=len(sel))
-        for key in ("ratio", "triton_ratio", "cublaslt_ratio", "vs_triton"):
+        for key in ("ratio", "triton_ratio", "cublaslt_ratio", "vs_triton", "op_ratio", "op_triton_ratio"):
             vals = [r[key] for r in sel if key in r]
             if vals:
                 g[key] = math.exp(sum(math.log(v) for v in vals) / len(vals))
@@ -549,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         for m, g in res["geomeans_vs_cublas_fp16"].items():
             print(f"M {m:>5}: gluon x{g.get('ratio', 0):.3f}  triton x{g.get('triton_ratio', 0):.3f}  "
                   f"cuBLASLt x{g.get('cublaslt_ratio', 0):.3f}  gluon/triton x{g.get('vs_triton', 0):.3f}  "
+                  f"| op: gluon+pdl x{g.get('op_ratio', 0):.3f} triton x{g.get('op_triton_ratio', 0):.3f}  "
                   f"({g['rows']} rows)", flush=True)
     write()
     print(f"done in {time.time() - t0:.0f} s: {a.out}", flush=True)

@@ -81,8 +81,9 @@ def _compile(kern, args: tuple, consts: dict, num_warps: int):
 
 
 def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out_dir: str,
-                 n: int = 4096, k: int = 4096, m: int = 256) -> tuple[str, int, str]:
-    """Compile one tile for sm_90 into out_dir; returns (SASS listing, shared bytes, register usage)."""
+                 n: int = 4096, k: int = 4096, m: int = 256, quant: bool = False) -> tuple[str, int, str]:
+    """Compile one tile for sm_90 into out_dir (``quant``: the variant that quantizes x in FP8 mode);
+    returns (SASS listing, shared bytes, register usage)."""
     import torch
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -98,8 +99,8 @@ def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out
     ud = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
     ld = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
     ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, m, n, k, n, k, 1.0),
-                  dict(HAS_BIAS=False, QUANT=False, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
-                       NUM_WARPS=bw // 16), bw // 16)
+                  dict(HAS_BIAS=False, QUANT=quant, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
+                       NUM_WARPS=bw // 16, QBLOCK=mod.quantize_block(k, bw // 16) if quant else 1024), bw // 16)
     name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}"))
     sass, usage = _disassemble(ck, name)
     regs = re.search(r"REG:(\d+)", usage)
@@ -126,7 +127,8 @@ def _disassemble(ck, name: str) -> tuple[str, str]:
 
 
 def compile_fp8_tile(mod: ModuleType, tile: tuple[int, int, int, int], odt: str, out_dir: str, bias: bool = False,
-                     split_k: int = 1, n: int = 4096, k: int = 4096, m: int = 256) -> tuple[str, int, dict]:
+                     split_k: int = 1, n: int = 4096, k: int = 4096, m: int = 256,
+                     pdl: bool = False) -> tuple[str, int, dict]:
     """Compile one tile of the FP8 kernel for sm_90 into out_dir; returns (SASS listing, shared bytes,
     ``-res-usage`` fields: REG, LOCAL, STACK, ...)."""
     import torch
@@ -147,9 +149,9 @@ def compile_fp8_tile(mod: ModuleType, tile: tuple[int, int, int, int], odt: str,
     wd = TensorDescriptor(upper, [n, k], [k, 1], [bw, bk], smem_layout((bw, bk), "float8e4nv"))
     ck = _compile(mod.nested_fp8_rs_kernel, (xd, wd, y, xs, b, mode, ws, sem, m, n, k, n, 2.0**-8),
                   dict(HAS_BIAS=bias, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8, SPLIT_K=split_k,
-                       NUM_WARPS=bw // 16), bw // 16)
+                       NUM_WARPS=bw // 16, PDL=pdl), bw // 16)
     name = os.path.join(out_dir, "x".join(map(str, tile)) + f"_{odt}" + ("_bias" if bias else "")
-                        + (f"_sk{split_k}" if split_k > 1 else ""))
+                        + (f"_sk{split_k}" if split_k > 1 else "") + ("_pdl" if pdl else ""))
     sass, usage = _disassemble(ck, name)
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     return sass, ck.metadata.shared, fields
@@ -230,10 +232,10 @@ def main_fp8(a: argparse.Namespace) -> None:
         out_dir = a.out or tmp
         os.makedirs(out_dir, exist_ok=True)
         for tile in tiles:
-            sass, shared, res = compile_fp8_tile(mod, tile, a.xdt, out_dir, a.bias, a.split_k)
+            sass, shared, res = compile_fp8_tile(mod, tile, a.xdt, out_dir, a.bias, a.split_k, pdl=a.pdl)
             c = fp8_counts(sass, fp8_loop(sass))
             top = " ".join(f"{op}x{v}" for op, v in c["top"].items())
-            print(f"{','.join(map(str, tile))} {a.xdt}{' bias' if a.bias else ''}"
+            print(f"{','.join(map(str, tile))} {a.xdt}{' bias' if a.bias else ''}{' pdl' if a.pdl else ''}"
                   f"{f' split_k {a.split_k}' if a.split_k > 1 else ''}: regs {res.get('REG', '?')} shared {shared} "
                   f"(model {mod.smem_bytes(*tile)}) local {res.get('LOCAL', '?')} stack {res.get('STACK', '?')} "
                   f"STL/LDL {c['stl_ldl']} "
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kind", default="fp16", choices=["fp16", "fp8"], help="which kernel (fp8: kernels.gluon_fp8)")
     ap.add_argument("--bias", action="store_true", help="fp8: compile the bias variant")
     ap.add_argument("--split-k", type=int, default=1, help="fp8: compile the split-K variant")
+    ap.add_argument("--pdl", action="store_true", help="fp8: compile the programmatic-dependent-launch variant")
     a = ap.parse_args(argv)
     if a.kind == "fp8":
         main_fp8(a)

@@ -40,19 +40,23 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import cublaslt_fp8, cuda_conditional, gluon_fp16
+from kernels import cublaslt_fp8, cuda_conditional, gluon_common, gluon_fp8, gluon_fp16
 from kernels.fast_launch import cdiv
 from kernels.mode_state import host_mode
 from kernels.triton_fp8 import _check_operands, act_quant, nested_fp8_gemm
 from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.triton_merge import merge_weight
-from kernels.tuning import GluonTile, get_config, gluon_tile
+from kernels.tuning import GluonFp8Config, GluonTile, get_config, gluon_fp8_config, gluon_tile
 
 HOST_PICK = True  # eager calls with a host mirror pick the precision on the host (module docstring)
 LARGE_M_THRESHOLD = 1024  # host pick from this M up: merge + cuBLAS (FP16), cuBLASLt (FP8)
 GLUON_MIN_M = 1  # the table decides at every M: with word loads (2026-11-22) Gluon beat the Triton kernel
 # at M = 1 on 6 of 8 shapes and at M = 16 on 7 (docs/BENCHMARKS.md, "Kernels v6"); it was 17 before
 USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
+# FP8 mode's GEMM is the Gluon kernel of kernels.gluon_fp8 where its H200 table has a config (up to M = 256),
+# launched as a programmatic dependent of the launch that quantizes x (NESTEDFP_PDL=0: plain launches).
+USE_GLUON_FP8 = os.environ.get("NESTEDFP_GLUON_FP8", "1") != "0"
+USE_PDL = os.environ.get("NESTEDFP_PDL", "1") != "0"
 # Captures hold a conditional node per op: opt-in (NESTEDFP_CONDITIONAL=1), since on the H200 the node
 # cost about 7 us per op, more than it saved (docs/BENCHMARKS.md, "Conditional graph nodes").
 USE_CONDITIONAL = os.environ.get("NESTEDFP_CONDITIONAL", "0") == "1"
@@ -69,6 +73,16 @@ def use_gluon(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> Gl
     tile = gluon_tile(upper.shape[0], k, m)
     ok = tile and gluon_fp16.available(x2d.device.index or 0) and gluon_fp16.tma_ok(x2d, upper, lower)
     return tile if ok else None
+
+
+def use_gluon_fp8(x2d: torch.Tensor, upper: torch.Tensor) -> GluonFp8Config | None:
+    """The Gluon FP8 config if FP8 mode's GEMM is the Gluon kernel (module docstring), else None. x's
+    codes are a fresh contiguous [M, K] tensor, so TMA needs only K % 16 == 0 and an aligned plane."""
+    m, k = x2d.shape
+    if not (USE_GLUON_FP8 and x2d.is_cuda and k % 16 == 0 and upper.data_ptr() % 16 == 0):
+        return None
+    cfg = gluon_fp8_config(upper.shape[0], k, m)
+    return cfg if cfg and gluon_common.available(x2d.device.index or 0) else None
 
 
 def nested_linear_cuda(
@@ -150,10 +164,33 @@ def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
             cublaslt_fp8.refuse(x2d, upper)
             nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, True, quant)
             return
-    cfg8 = get_config("fp8", upper.shape[0], x2d.shape[1], x2d.shape[0])
-    if not cfg8.fused_quant:
+    if _quantized_first(x2d, upper):
         act_quant(x2d, mode, quant)
-    nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, None if cfg8.fused_quant else quant)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, pdl=False)  # no PDL edge inside a branch
+    else:
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None)
+
+
+def _quantized_first(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
+    """FP8 mode's GEMM takes x quantized by an earlier launch: the Gluon kernel always, the Triton
+    kernel unless its config quantizes inside the GEMM."""
+    m, k = x2d.shape
+    return use_gluon_fp8(x2d, upper) is not None or not get_config("fp8", upper.shape[0], k, m).fused_quant
+
+
+def _fp8_gemm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
+              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor] | None, pdl: bool = True) -> None:
+    """FP8 mode's GEMM into ``out``, on x's codes from the launch before (``quant``; None: quantized
+    here). The Gluon kernel is a programmatic dependent of that launch (``pdl``), so its weight
+    prefetch overlaps the quantization."""
+    m, k = x2d.shape
+    g8 = use_gluon_fp8(x2d, upper)
+    if g8 is None:
+        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", upper.shape[0], k, m), True, quant)
+        return
+    xq, xs = quant if quant is not None else act_quant(x2d, mode)
+    gluon_fp8.nested_fp8_gemm_rs(xq, xs, upper, mode, scale_exp, bias, out, g8[:4], True, split_k=g8[4],
+                                 pdl=pdl and USE_PDL)
 
 
 def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor, scale_exp: int,
@@ -161,19 +198,19 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     """The Triton/Gluon launches into ``out``: one precision's (``name``) or both (None: device pick)."""
     m, k = x2d.shape
     n = upper.shape[0]
-    cfg8 = None if name == "fp16" else get_config("fp8", n, k, m)
     if name == "fp8":
-        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, None)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None)
         return
     tile = use_gluon(x2d, upper, lower)
     cfg16 = None if tile else get_config("fp16", n, k, m)
     quant = None
-    if name is None:
+    gluon8 = name is None and use_gluon_fp8(x2d, upper) is not None
+    if name is None and not gluon8:
         programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
-        if not cfg8.fused_quant and 2 * programs >= m:
+        if 2 * programs >= m and not get_config("fp8", n, k, m).fused_quant:
             quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
                      torch.empty((m,), dtype=torch.float32, device=x2d.device))
     if tile:
@@ -181,4 +218,6 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     else:
         nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
     if name is None:
-        nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, cfg8, True, quant)
+        if gluon8:  # act_quant reads only x, so it may run during the FP16 launch; the GEMM's prefetch too
+            quant = act_quant(x2d, mode, pdl=USE_PDL)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import cuda as tl_cuda
 
 from kernels.fast_launch import cdiv, launch
 from kernels.split_k import launch_buffers, reduce_partials, split_ids
@@ -69,6 +70,8 @@ def nested_fp16_kernel(
 ):
     # The mode lives on the device: a CUDA graph captured once serves both modes. In FP8 mode
     # this launch is not wasted: with QUANT its programs quantize x for the FP8 GEMM that follows.
+    if USE_ASM:  # on a GPU: launches after this one with PDL (act_quant, the Gluon FP8 GEMM) may start now
+        tl_cuda.gdc_launch_dependents()
     mode = tl.load(mode_ptr)
     if mode != 0:
         if QUANT:

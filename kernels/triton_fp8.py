@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import cuda as tl_cuda
 
 from kernels.fast_launch import cdiv, launch
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
@@ -33,6 +34,12 @@ FP8_MAX = tl.constexpr(448.0)
 FP8_MAX_RCP = tl.constexpr(float(torch.tensor(1.0 / 448.0, dtype=torch.float32)))
 MIN_ACT_SCALE = tl.constexpr(1e-12)  # kernels.reference._MIN_ACT_SCALE
 ONE_PASS_MAX_K = 8192  # act_quant holds rows up to this long in registers (16 warps x 16 values a thread)
+# ... and up to this long while M is at most ONE_PASS_LONG_MAX_M (16 warps x 64 values a thread): there a
+# program quantizes each of a few rows, and the two-pass loop's dependent 1024-wide loads took 8-15 us on
+# the 14336- and 28672-wide rows of the down projections; at large M the rows keep the SMs busy anyway
+# and the narrower programs were a few percent faster (the H200, 2026-11-22: docs/BENCHMARKS.md, "Kernels v7").
+ONE_PASS_LONG_MAX_K = 32768
+ONE_PASS_LONG_MAX_M = 256
 
 
 def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
@@ -144,11 +151,16 @@ def quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, IN
 
 @triton.jit(do_not_specialize=["M"])
 def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr,
-                     INTERPRET: tl.constexpr):
-    """Standalone per-token quantization (the dispatcher has the FP16 launch do it instead)."""
-    if tl.load(mode_ptr) != 1:
-        return
-    quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK, INTERPRET)
+                     INTERPRET: tl.constexpr, PDL: tl.constexpr):
+    """Standalone per-token quantization. With PDL (launched as a programmatic dependent of the
+    FP16 launch, whose output it does not read) it waits for that launch before it ends, so that
+    the kernels after it also run after that one."""
+    if not INTERPRET:
+        tl_cuda.gdc_launch_dependents()  # a PDL-launched Gluon FP8 GEMM may start its weight prefetch
+    if tl.load(mode_ptr) == 1:
+        quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK, INTERPRET)
+    if PDL:
+        tl_cuda.gdc_wait()
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -210,21 +222,27 @@ def nested_fp8_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_m[None, :] < M))
 
 
-def act_quant(x2d: torch.Tensor, mode: torch.Tensor,
-              out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+              pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``.
 
-    A program per row; rows of up to ``ONE_PASS_MAX_K`` are read from memory once (held in registers).
+    A program per row; rows of up to ``ONE_PASS_MAX_K`` (``ONE_PASS_LONG_MAX_K`` at small M) are read
+    from memory once (held in registers).
     ``out``: (codes [M, K] E4M3, scales [M] fp32) to write into, for callers that must not allocate.
+    ``pdl``: a programmatic dependent launch (CUDA only) of a kernel whose output it does not read
+    (``x2d`` was written before that kernel started): it runs while that kernel runs.
     """
     m, k = x2d.shape
     q, s = out if out is not None else (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
                                         torch.empty((m,), dtype=torch.float32, device=x2d.device))
     if m:
         sx = x2d.stride(0)
-        qblock = max(1024, 1 << (k - 1).bit_length()) if k <= ONE_PASS_MAX_K else 1024
-        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx), dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda),
-               max(4, min(16, qblock // 512)), 1, (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1))
+        one_pass = k <= ONE_PASS_MAX_K or (k <= ONE_PASS_LONG_MAX_K and m <= ONE_PASS_LONG_MAX_M)
+        qblock = max(1024, 1 << (k - 1).bit_length()) if one_pass else 1024
+        pdl = pdl and x2d.is_cuda
+        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx),
+               dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda, PDL=pdl), max(4, min(16, qblock // 512)), 1,
+               (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1), pdl=pdl)
     return q, s
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 TABLE_PATH = Path(__file__).with_name("tile_configs_h200.json")
 GLUON_TABLE_PATH = Path(__file__).with_name("gluon_tiles_h200.json")
+GLUON_FP8_TABLE_PATH = Path(__file__).with_name("gluon_fp8_tiles_h200.json")
 M_BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # 1: single-sequence decode
 KINDS = ("fp16", "fp8")
 
@@ -152,6 +153,43 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
         tile = tuple(entry)
     cap = token_cap(m)
     return tile if tile[1] <= cap else (tile[0], cap, tile[2], tile[3])
+
+
+GluonFp8Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, split_k
+
+
+@functools.lru_cache(maxsize=4096)
+def gluon_fp8_config(n: int, k: int, m: int) -> GluonFp8Config | None:
+    """The Gluon NestedFP8 config for (N, K): the entry of the smallest measured M >= m. None where
+    the table measured the Triton FP8 kernel faster, for shapes it lacks, and past its largest M (there
+    the Triton kernel, or cuBLASLt, stays: nothing was measured). Token tiles never wider than M needs."""
+    entries = _load(GLUON_FP8_TABLE_PATH, "configs").get(f"{n}x{k}")
+    if not entries:
+        return None
+    m_key = next((v for v in sorted(int(v) for v in entries) if v >= m), None)
+    entry = entries[str(m_key)] if m_key is not None else None
+    if entry is None:
+        return None
+    bw, bt, bk, stages, split = entry
+    return bw, min(bt, token_cap(m)), bk, stages, split
+
+
+def write_gluon_fp8_table(sweep_json: str, out_path: str = str(GLUON_FP8_TABLE_PATH)) -> dict:
+    """Per (N, K, M) of ``python -m kernels.gluon_fp8``'s JSON: its fastest checked config where the op's
+    FP8 path ran faster with it than with the Triton FP8 kernel (quantization launch + GEMM, the Gluon
+    GEMM launched with PDL: ``op_gluon_pdl_us`` vs ``op_triton_us``), else null."""
+    res = json.loads(Path(sweep_json).read_text())
+    configs: dict = {}
+    for r in res["rows"]:
+        if "op_gluon_pdl_us" in r:
+            win = r["op_gluon_pdl_us"] < r["op_triton_us"]
+            configs.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
+    table = dict(source=Path(sweep_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
+                 triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-fp8-table SWEEP_JSON",
+                 configs=configs)
+    text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
+    Path(out_path).write_text(text + "\n")
+    return table
 
 
 def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) -> dict:
@@ -358,9 +396,13 @@ if __name__ == "__main__":
                     help="start from the committed table: replace only the swept (shape, M bucket) entries")
     ap.add_argument("--gluon-table", default=None, metavar="CHECK_JSON",
                     help="write gluon_tiles_h200.json from a kernels.gluon_check result")
+    ap.add_argument("--gluon-fp8-table", default=None, metavar="SWEEP_JSON",
+                    help="write gluon_fp8_tiles_h200.json from a python -m kernels.gluon_fp8 result")
     args = ap.parse_args()
     if args.gluon_table:
         write_gluon_table(args.gluon_table)
+    if args.gluon_fp8_table:
+        write_gluon_fp8_table(args.gluon_fp8_table)
     if args.sweep:
         sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))),
               base=json.loads(TABLE_PATH.read_text()) if args.update else None, kinds=tuple(args.kinds.split(",")))

@@ -129,15 +129,15 @@ def test_launch_matches_the_kernel_signature(monkeypatch, plane, split):
     seen = {}
     monkeypatch.setattr(G, "_check", lambda *a: None)
     monkeypatch.setattr(G.common, "smem_layout", lambda block, dtype: ("nvmma", block, dtype))
-    monkeypatch.setattr(G, "launch", lambda kernel, grid, args, consts, nw_, ns, spec: seen.update(
-        kernel=kernel, grid=grid, args=args, consts=consts, num_warps=nw_, num_stages=ns))
+    monkeypatch.setattr(G, "launch", lambda kernel, grid, args, consts, nw_, ns, spec, pdl=False: seen.update(
+        kernel=kernel, grid=grid, args=args, consts=consts, num_warps=nw_, num_stages=ns, pdl=pdl))
     monkeypatch.setattr(split_k, "buffers", lambda dev, tiles, partials: (torch.empty(partials),
                                                                           torch.zeros(tiles, dtype=torch.int32)))
     m, n, k, tile = 33, 1000, 1056, (64, 32, 256, 6)
     xq = torch.zeros(m, k, dtype=torch.float8_e4m3fn)
     upper = torch.zeros(n, k, dtype=plane)
     y = G.nested_fp8_gemm_rs(xq, torch.ones(m), upper, torch.ones(1, dtype=torch.int32), 2, tile=tile,
-                             out_dtype=torch.bfloat16, split_k=split)
+                             out_dtype=torch.bfloat16, split_k=split, pdl=split == 2)
     assert y.shape == (m, n) and y.dtype == torch.bfloat16
     params = inspect.signature(getattr(seen["kernel"], "fn", seen["kernel"])).parameters.values()
     runtime = [p.name for p in params if p.annotation != "gl.constexpr"]
@@ -152,6 +152,7 @@ def test_launch_matches_the_kernel_signature(monkeypatch, plane, split):
     assert seen["args"][runtime.index("w_scale")] == 2.0 ** (-8 + 2)
     assert seen["grid"] == -(-n // 64) * -(-m // 32) * split
     assert seen["consts"]["SPLIT_K"] == split and seen["num_warps"] == 4 and seen["num_stages"] == 1
+    assert seen["consts"]["PDL"] == seen["pdl"] == (split == 2)  # the kernel's waits match the launch
 
 
 # ---------------------------------------------------------------------------------------------- GPU
@@ -256,3 +257,43 @@ def test_cuda_graph_replay_follows_mode_flips():
             assert torch.equal(out, eager)
         else:
             assert torch.isnan(out).all()
+
+
+@needs_hopper
+@pytest.mark.parametrize("split", [1, 2])
+def test_pdl_launch_reads_the_codes_the_launch_before_wrote(split):
+    """Launched as a programmatic dependent of ``act_quant`` (captured in a graph, as the op runs it), the
+    GEMM starts before the quantization ends; it must still read this replay's codes and scales: they
+    are poisoned before each replay and x changes between replays. In FP16 mode it writes nothing."""
+    from kernels.ops import set_host_mode
+    from kernels.triton_fp8 import act_quant
+
+    nw, x, xq, xs, mode = _case((64, 3024, 8192))  # a long K: the quantization takes a while
+    out = torch.empty(64, 3024, dtype=torch.float16, device="cuda")
+
+    def op():
+        act_quant(x, mode, (xq, xs))
+        G.nested_fp8_gemm_rs(xq, xs, nw.upper, mode, 0, out=out, tile=(64, 64, 256, 5), split_k=split, pdl=True)
+
+    op()  # compiled, direct path, split-K buffers
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        op()
+    for step in range(3):
+        x.copy_(torch.randn_like(x))
+        want = _product(*act_quant(x, mode), nw)
+        xq.zero_()
+        xs.fill_(float("nan"))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, G.nested_fp8_gemm_rs(*act_quant(x, mode), nw.upper, mode, 0, tile=(64, 64, 256, 5),
+                                                     split_k=split)), step
+        assert (out.float() - want.float()).norm() / want.float().norm() < 5e-3
+    set_host_mode(mode, "fp16")
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.isnan(out).all()
+    set_host_mode(mode, "fp8")
+

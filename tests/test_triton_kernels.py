@@ -185,10 +185,10 @@ def test_split_k_buffers_grow_keep_outgrown_ones_alive_and_turn_off(monkeypatch)
     assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
-@pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40])
+@pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40, tfp8.ONE_PASS_LONG_MAX_K + 40])
 def test_act_quant_kernel_equals_quantize_per_token(k):
-    """Rows held in registers (one read) or two passes (longer rows): the same scales and the same
-    E4M3 codes (round-to-nearest-even) as torch."""
+    """Rows held in registers (one read: short rows, and long ones at small M) or two passes (longer
+    rows): the same scales and the same E4M3 codes (round-to-nearest-even) as torch."""
     x = torch.randn(5, k).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half()[:, None]
     q, s = tfp8.act_quant(x, new_mode_tensor("cpu", "fp8"))
     rq, rs = quantize_per_token(x)
