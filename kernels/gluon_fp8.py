@@ -6,8 +6,8 @@ token (``xq`` E4M3 codes, ``s_x`` fp32 scales: ``triton_fp8.act_quant``, or the 
 wgmma's A operand and the token tile [BLOCK_T, BLOCK_K] its B operand, both K-major in shared memory
 (8-bit wgmma takes no other operand order), so a decode batch pays for a 16-wide token tile, not 64.
 
-Why: at M <= 64 the Triton FP8 kernel (``triton_fp8.nested_fp8_kernel``) reached only 1.35-1.40x of
-cuBLAS FP16 in CUDA graphs while it reads half the weight bytes (docs/BENCHMARKS.md, "Kernels v6").
+Why: at M <= 64 the Triton FP8 op reached only 1.35-1.40x of cuBLAS FP16 in CUDA graphs while it reads
+half the weight bytes (docs/BENCHMARKS.md, "Kernels v6"); with this kernel and PDL, 1.54x ("Kernels v7").
 The Gluon FP16 kernel's structure (``kernels.gluon_fp16``: a 1-warp TMA producer, a ring of
 mbarrier-guarded stages, async wgmma) came within a few percent of cuBLAS's bandwidth at M = 1; here
 it reads one byte per weight and merges nothing, so the consumer only waits, issues wgmma and
@@ -39,7 +39,9 @@ so the two agree to GEMM rounding, not bit for bit.
 
     python -m kernels.gluon_fp8 --out $OUT/gluon_fp8.json     # checks, then times (on an H200)
 
-Not wired into ``kernels.triton_dispatch``: it stays out of the op until the H200 has timed it.
+The op (``kernels.triton_dispatch``) runs it where ``kernels/gluon_fp8_tiles_h200.json`` has a config (M <= 256),
+as a PDL launch after ``act_quant``; the table comes from this module's sweep (``python -m kernels.tuning
+--gluon-fp8-table``), which times that pair against ``act_quant`` + the Triton FP8 GEMM.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Two ways to pick the precision:
 
 - **On the device** (captured into a CUDA graph, or a mode tensor without a host mirror): each call
-  makes two launches, the FP16 GEMM then the FP8 GEMM, and both read ``mode`` first. In FP16 mode
+  makes two launches, the FP16 GEMM then the FP8 GEMM (three with the Gluon FP8 GEMM, below), and all
+  read ``mode`` first. In FP16 mode
   the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the activations per token
   for the FP8 GEMM instead of multiplying, so no launch is wasted there (at larger M the
   quantization gets its own program-per-row launch). No host ever reads the mode (no ``.item()``,
@@ -31,6 +32,15 @@ From M = ``GLUON_MIN_M`` up, on Hopper with Gluon, the FP16 launch is the Gluon 
 ``kernels.gluon_fp16`` (register-fed wgmma) wherever the H200 table measured it faster than the
 Triton kernel (docs/BENCHMARKS.md, "Kernels v3" and "v6"); in FP8 mode it quantizes x for the FP8 GEMM,
 as the Triton kernel does. ``NESTEDFP_GLUON=0`` turns it off.
+
+FP8 mode's GEMM is the Gluon kernel of ``kernels.gluon_fp8`` wherever its H200 table has a config
+(``use_gluon_fp8``: M <= 256). It takes x from ``act_quant``, and both are programmatic dependent launches
+(PDL) of the launch before: on the device, the FP16 launch (which then quantizes nothing), ``act_quant``
+(it reads only x, so it runs during the FP16 launch), then the GEMM, whose weight prefetch overlaps the
+quantization; on the host, ``act_quant`` then the GEMM. Each PDL launch waits for the one before it ends,
+so stream order holds for whatever follows. In a graph that is three launches in FP16 mode, two of them
+idle and overlapped (the engine's FP16 throughput did not move: docs/BENCHMARKS.md, "Engine v7").
+``NESTEDFP_GLUON_FP8=0`` / ``NESTEDFP_PDL=0`` turn the kernel / the dependent launches off.
 """
 
 from __future__ import annotations
@@ -46,7 +56,13 @@ from kernels.mode_state import host_mode
 from kernels.triton_fp8 import _check_operands, act_quant, nested_fp8_gemm
 from kernels.triton_fp16 import nested_fp16_gemm
 from kernels.triton_merge import merge_weight
-from kernels.tuning import GluonFp8Config, GluonTile, get_config, gluon_fp8_config, gluon_tile
+from kernels.tuning import (
+    GluonFp8Config,
+    GluonTile,
+    get_config,
+    gluon_fp8_config,
+    gluon_tile,
+)
 
 HOST_PICK = True  # eager calls with a host mirror pick the precision on the host (module docstring)
 LARGE_M_THRESHOLD = 1024  # host pick from this M up: merge + cuBLAS (FP16), cuBLASLt (FP8)

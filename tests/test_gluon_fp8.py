@@ -1,11 +1,12 @@
-"""The Gluon NestedFP8 GEMM (``kernels.gluon_fp8``): not wired into the op yet.
+"""The Gluon NestedFP8 GEMM (``kernels.gluon_fp8``), its H200 table and how the op launches it.
 
 On a Hopper GPU with a Triton that has Gluon: the kernel against ``kernels.reference`` on ragged
 shapes (output poisoned with NaN, so an unwritten tile fails), bias + pre-scale + bf16, split-K, the
-device-side mode (only mode 1 writes) and a CUDA-graph replay across mode flips. Everywhere else (CPU
-CI) those skip; what runs there is the tile checks, that the module imports without a GPU and refuses
-to run with a clear error, and that the wrapper's launch matches the kernel's signature (descriptor
-order, block shapes, constexprs), with the launch itself captured.
+device-side mode (only mode 1 writes), a CUDA-graph replay across mode flips, and the programmatic
+dependent launch after ``act_quant`` (codes poisoned before each replay). Everywhere else (CPU CI) those
+skip; what runs there is the tile checks, the table's lookup and writer, the dispatcher's launch order
+(launches captured), that the module imports without a GPU and refuses to run with a clear error, and
+that the wrapper's launch matches the kernel's signature (descriptor order, block shapes, constexprs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from kernels import gluon_fp8 as G
-from kernels import gluon_fp16, nested_linear
+from kernels import gluon_fp16, nested_linear, triton_dispatch, tuning
 from kernels.fast_launch import TmaArg
 from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
 
@@ -84,6 +85,93 @@ def test_configs_for_cap_the_token_tile_and_split_short_grids():
     assert (64, 16, 128, 8, 2) in G.configs_for(1, 4096, 132)
     assert (64, 16, 128, 8, 4) in G.configs_for(1, 4096, 132)
     assert all(c[4] == 1 for c in G.configs_for(1, 28672, 132))
+
+
+def test_table_lookup_takes_the_next_measured_m_caps_the_token_tile_and_stops_past_the_last_m():
+    entries = tuning._load(tuning.GLUON_FP8_TABLE_PATH, "configs")["6144x4096"]
+    assert tuning.gluon_fp8_config(6144, 4096, 64) == tuple(entries["64"])
+    nxt = entries["128"]
+    assert tuning.gluon_fp8_config(6144, 4096, 65) == (nxt[0], 128, *nxt[2:])  # the next measured M up
+    assert tuning.gluon_fp8_config(6144, 4096, 17)[1] <= 32  # token tile capped at M's power of two
+    assert tuning.gluon_fp8_config(6144, 4096, 257) is None  # past the largest measured M: not measured
+    assert tuning.gluon_fp8_config(1000, 1000, 16) is None  # a shape the table lacks
+
+
+def test_every_table_config_is_one_the_sweep_checked():
+    table = tuning._load(tuning.GLUON_FP8_TABLE_PATH, "configs")
+    assert table, "the committed H200 table"
+    for shape, entries in table.items():
+        for m, cfg in entries.items():
+            assert cfg is None or tuple(cfg) in G.check_configs(), (shape, m, cfg)
+
+
+def test_table_writer_picks_gluon_only_where_the_op_path_ran_faster(tmp_path):
+    import json
+
+    row = dict(shape="s", n=256, k=512, best_cfg=[64, 16, 256, 5, 1], best_us=5.0, triton_fp8_us=9.0)
+    rows = [
+        dict(row, m=1, op_triton_us=10.0, op_gluon_pdl_us=8.0),  # Gluon + PDL won the op
+        dict(row, m=16, op_triton_us=10.0, op_gluon_pdl_us=11.0),  # faster alone, slower in the op: Triton
+        dict(row, m=64),  # the PDL check failed (no op timings): left out
+    ]
+    src = tmp_path / "sweep.json"
+    src.write_text(json.dumps(dict(meta=dict(device="H200", date="d", triton="3.6.0"), rows=rows)))
+    out = tmp_path / "table.json"
+    table = tuning.write_gluon_fp8_table(str(src), str(out))
+    assert table["configs"] == {"256x512": {"1": [64, 16, 256, 5, 1], "16": None}}
+    assert json.loads(out.read_text())["configs"] == table["configs"]
+
+
+def _recorded_launches(monkeypatch, gluon8):
+    """The dispatcher's launches for one call, recorded instead of run (CPU tensors, no GPU)."""
+    calls = []
+    monkeypatch.setattr(triton_dispatch, "use_gluon_fp8", lambda x2d, upper: gluon8)
+    monkeypatch.setattr(triton_dispatch, "use_gluon", lambda x2d, upper, lower: None)
+    monkeypatch.setattr(triton_dispatch, "nested_fp16_gemm",
+                        lambda *a: calls.append(("fp16", "quant" if a[-1] is not None else "no quant")))
+
+    def act_quant(x2d, mode, out=None, pdl=False):
+        calls.append(("act_quant", "pdl" if pdl else "plain"))
+        return torch.empty(x2d.shape, dtype=torch.float8_e4m3fn), torch.empty(x2d.shape[0])
+
+    monkeypatch.setattr(triton_dispatch, "act_quant", act_quant)
+    monkeypatch.setattr(triton_dispatch.gluon_fp8, "nested_fp8_gemm_rs", lambda *a, split_k, pdl: calls.append(
+        ("gluon_fp8", "pdl" if pdl else "plain", a[7], split_k)))
+    monkeypatch.setattr(triton_dispatch, "nested_fp8_gemm", lambda *a: calls.append(("triton_fp8",)))
+    return calls
+
+
+@pytest.mark.parametrize("pick", [None, "fp8", "fp16"])
+def test_dispatcher_launches_the_gluon_fp8_gemm_as_a_dependent_of_the_quantization(monkeypatch, pick):
+    """Device pick (CUDA graphs): the FP16 launch quantizes nothing, act_quant follows it as a programmatic
+    dependent (it reads only x) and the GEMM follows act_quant the same way. Host pick, FP8: act_quant then
+    the dependent GEMM. FP16: the FP16 launch alone."""
+    nw = nested_weights(256, 512, device="cpu")
+    x = torch.randn(16, 512).half()
+    calls = _recorded_launches(monkeypatch, (64, 16, 256, 5, 2))
+    triton_dispatch._launch(x, nw.upper, nw.lower, torch.ones(1, dtype=torch.int32), 0, None,
+                            torch.empty(16, 256).half(), pick)
+    gemm = ("gluon_fp8", "pdl", (64, 16, 256, 5), 2)
+    assert calls == {None: [("fp16", "no quant"), ("act_quant", "pdl"), gemm],
+                     "fp8": [("act_quant", "plain"), gemm],
+                     "fp16": [("fp16", "no quant")]}[pick]
+
+
+def test_dispatcher_keeps_the_triton_fp8_path_where_the_table_has_no_gluon_config(monkeypatch):
+    """There the FP16 launch quantizes x for the Triton GEMM (decode: a program for every row or more),
+    unless the Triton config quantizes inside the GEMM."""
+    nw = nested_weights(256, 512, device="cpu")
+    x = torch.randn(1, 512).half()
+    calls = _recorded_launches(monkeypatch, None)
+    triton_dispatch._launch(x, nw.upper, nw.lower, torch.ones(1, dtype=torch.int32), 0, None,
+                            torch.empty(1, 256).half(), None)
+    fused = tuning.get_config("fp8", 256, 512, 1).fused_quant
+    assert calls == [("fp16", "no quant" if fused else "quant"), ("triton_fp8",)]
+
+
+def test_dispatcher_keeps_cpu_tensors_off_the_gluon_fp8_gemm():
+    nw = nested_weights(6144, 4096, device="cpu")
+    assert triton_dispatch.use_gluon_fp8(torch.randn(16, 4096).half(), nw.upper) is None
 
 
 def test_module_imports_without_a_gpu_and_shares_the_fp16_kernels_error():
