@@ -184,9 +184,14 @@ def write_gluon_fp8_table(sweep_json: str, out_path: str = str(GLUON_FP8_TABLE_P
         if "op_gluon_pdl_us" in r:
             win = r["op_gluon_pdl_us"] < r["op_triton_us"]
             configs.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
-    table = dict(source=Path(sweep_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
-                 triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-fp8-table SWEEP_JSON",
-                 configs=configs)
+    return _write_table(out_path, sweep_json, res["meta"], "--gluon-fp8-table SWEEP_JSON", "configs", configs)
+
+
+def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, entries: dict) -> dict:
+    """A Gluon table with its provenance (the measuring run's file, device, date, Triton), one line per entry
+    (indent=1 would spread each list of numbers over several lines)."""
+    table = {"source": Path(source).name, "device": meta["device"], "date": meta["date"], "triton": meta["triton"],
+             "command": f"python -m kernels.tuning {option}", key: entries}
     text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
     Path(out_path).write_text(text + "\n")
     return table
@@ -213,13 +218,7 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) ->
                 shipped_gluon = r["m"] >= GLUON_MIN_M and gluon_tile(r["n"], r["k"], r["m"]) is not None
             win = shipped_gluon or r["best_us"] < r["shipped_us"]
             tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
-    table = dict(source=Path(check_json).name, device=res["meta"]["device"], date=res["meta"]["date"],
-                 triton=res["meta"]["triton"], command="python -m kernels.tuning --gluon-table CHECK_JSON",
-                 tiles=tiles)
-    # One line per tile: indent=1 would spread each 4-number list over 6 lines.
-    text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
-    Path(out_path).write_text(text + "\n")
-    return table
+    return _write_table(out_path, check_json, res["meta"], "--gluon-table CHECK_JSON", "tiles", tiles)
 
 
 def split_choices(n: int, k: int, m: int, cfg: TileConfig) -> list[int]:
