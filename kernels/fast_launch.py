@@ -12,6 +12,7 @@ Triton version).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -21,6 +22,17 @@ try:  # Triton 3.6's encoder of host TMA descriptors, as its launcher calls it
     from triton.backends.nvidia.driver import make_tensordesc_arg
 except ImportError:  # pragma: no cover - other Triton versions: descriptors take Triton's path
     make_tensordesc_arg = None
+
+
+@functools.cache
+def _capability_major(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
+def has_gdc(t: torch.Tensor) -> bool:
+    """``t`` lives on a GPU with grid dependency control (``griddepcontrol``, sm_90+): kernels there may
+    let PDL-launched successors start early. Older GPUs' PTX has no such instruction."""
+    return t.is_cuda and _capability_major(t.device.index or 0) >= 9
 
 
 def cdiv(a: int, b: int) -> int:

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import cuda as tl_cuda
 
-from kernels.fast_launch import cdiv, launch
+from kernels.fast_launch import cdiv, has_gdc, launch
 from kernels.split_k import launch_buffers, reduce_partials, split_ids
 from kernels.triton_fp8 import prepare, quantize_rows, tile_ids
 from kernels.tuning import TileConfig, get_config
@@ -66,11 +66,11 @@ def nested_fp16_kernel(
     M, N, K, stride_xm, stride_ym, out_scale, ws_ptr, sem_ptr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, USE_ASM: tl.constexpr, QUANT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-    SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr,
+    SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr, GDC: tl.constexpr,
 ):
     # The mode lives on the device: a CUDA graph captured once serves both modes. In FP8 mode
     # this launch is not wasted: with QUANT its programs quantize x for the FP8 GEMM that follows.
-    if USE_ASM:  # on a GPU: launches after this one with PDL (act_quant, the Gluon FP8 GEMM) may start now
+    if GDC:  # sm_90+: launches after this one with PDL (act_quant, the Gluon FP8 GEMM) may start now
         tl_cuda.gdc_launch_dependents()
     mode = tl.load(mode_ptr)
     if mode != 0:
@@ -159,7 +159,7 @@ def nested_fp16_gemm(
         (x2d, upper, lower, bias if bias is not None else out, out, mode, q, s, m, n, k, sx, so, 2.0**scale_exp, ws, sem),
         dict(HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0, USE_ASM=x2d.is_cuda, QUANT=quant_out is not None,
              BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP=cfg.group, SWAP_AB=cfg.swap_ab,
-             SPLIT_K=cfg.split_k),
+             SPLIT_K=cfg.split_k, GDC=has_gdc(x2d)),
         cfg.num_warps, cfg.num_stages, spec,
     )
     return out

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import cuda as tl_cuda
 
-from kernels.fast_launch import cdiv, launch
+from kernels.fast_launch import cdiv, has_gdc, launch
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
 from kernels.split_k import launch_buffers, reduce_partials, split_ids
 from kernels.tuning import TileConfig, get_config
@@ -151,12 +151,12 @@ def quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, IN
 
 @triton.jit(do_not_specialize=["M"])
 def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr,
-                     INTERPRET: tl.constexpr, PDL: tl.constexpr):
+                     INTERPRET: tl.constexpr, GDC: tl.constexpr, PDL: tl.constexpr):
     """Standalone per-token quantization. With PDL (launched as a programmatic dependent of the
     FP16 launch, whose output it does not read) it waits for that launch before it ends, so that
     the kernels after it also run after that one."""
-    if not INTERPRET:
-        tl_cuda.gdc_launch_dependents()  # a PDL-launched Gluon FP8 GEMM may start its weight prefetch
+    if GDC:  # sm_90+: a PDL-launched Gluon FP8 GEMM may start its weight prefetch
+        tl_cuda.gdc_launch_dependents()
     if tl.load(mode_ptr) == 1:
         quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK, INTERPRET)
     if PDL:
@@ -229,7 +229,7 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
     A program per row; rows of up to ``ONE_PASS_MAX_K`` (``ONE_PASS_LONG_MAX_K`` at small M) are read
     from memory once (held in registers).
     ``out``: (codes [M, K] E4M3, scales [M] fp32) to write into, for callers that must not allocate.
-    ``pdl``: a programmatic dependent launch (CUDA only) of a kernel whose output it does not read
+    ``pdl``: a programmatic dependent launch (sm_90+ only) of a kernel whose output it does not read
     (``x2d`` was written before that kernel started): it runs while that kernel runs.
     """
     m, k = x2d.shape
@@ -239,9 +239,10 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
         sx = x2d.stride(0)
         one_pass = k <= ONE_PASS_MAX_K or (k <= ONE_PASS_LONG_MAX_K and m <= ONE_PASS_LONG_MAX_M)
         qblock = max(1024, 1 << (k - 1).bit_length()) if one_pass else 1024
-        pdl = pdl and x2d.is_cuda
+        gdc = has_gdc(x2d)
+        pdl = pdl and gdc
         launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx),
-               dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda, PDL=pdl), max(4, min(16, qblock // 512)), 1,
+               dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda, GDC=gdc, PDL=pdl), max(4, min(16, qblock // 512)), 1,
                (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1), pdl=pdl)
     return q, s
 

@@ -101,3 +101,13 @@ def test_large_m_fp8_falls_back_to_triton_where_cublaslt_cannot_take_the_shape()
         y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
     assert spy.call_count == 0
     assert rel_err(y, nested_linear(x, nw, "fp8")) < 5e-3
+
+
+def test_kernels_emit_grid_dependency_control_only_on_sm90_and_later():
+    """``griddepcontrol`` is sm_90 PTX: act_quant and the Triton FP16 kernel get it through a constexpr
+    (``GDC``) that is off for CPU tensors (the interpreter) and for GPUs before Hopper."""
+    from kernels.fast_launch import has_gdc
+
+    assert not has_gdc(torch.zeros(1))
+    if torch.cuda.is_available():
+        assert has_gdc(torch.zeros(1, device="cuda")) == (torch.cuda.get_device_capability()[0] >= 9)
