@@ -4,10 +4,9 @@ Two ways to pick the precision:
 
 - **On the device** (captured into a CUDA graph, or a mode tensor without a host mirror): each call
   makes two launches, the FP16 GEMM then the FP8 GEMM (three with the Gluon FP8 GEMM, below), and all
-  read ``mode`` first. In FP16 mode
-  the FP8 launch exits at once; in FP8 mode the FP16 launch quantizes the activations per token
-  for the FP8 GEMM instead of multiplying, so no launch is wasted there (at larger M the
-  quantization gets its own program-per-row launch). No host ever reads the mode (no ``.item()``,
+  read ``mode`` first. In FP16 mode the FP8 launch exits at once; in FP8 mode the FP16 launch
+  quantizes the activations per token for the Triton FP8 GEMM instead of multiplying, so no launch is
+  wasted there (at larger M the quantization gets its own program-per-row launch). No host ever reads the mode (no ``.item()``,
   no sync), so a CUDA graph captured once serves both modes, and flipping the tensor takes effect
   at the next replay. The price is one empty launch per linear in FP16 mode, measured by
   ``python -m kernels.bench``.
