@@ -29,7 +29,7 @@ from kernels import gluon_fp16 as G
 from kernels.bench import graphed, make_weight, rel_err
 from kernels.tuning import LLAMA_SHAPES, token_cap
 
-Config = tuple[int, int, int, int]  # block_w, block_t, block_k, stages
+Config = tuple[int, ...]  # block_w, block_t, block_k, stages[, split_k]
 TOL = 5e-3  # relative Frobenius error, fp16 GEMM level (kernels.bench uses the same); x4 for bf16
 
 
@@ -78,9 +78,25 @@ def default_configs() -> list[Config]:
     return out
 
 
-def configs_for(m: int, configs: list[Config]) -> list[Config]:
-    """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste)."""
-    return [c for c in configs if c[1] <= token_cap(m)]
+SPLITS = (2, 4)  # split-K for 64-row tiles of up to 128 tokens (compiled for sm_90 without spills)
+
+
+def with_splits(configs: list[Config]) -> list[Config]:
+    """The configs plus their split-K variants (``SPLITS``) where those compiled without spills."""
+    return list(configs) + [(*c, s) for c in configs if len(c) == 4 and c[0] == 64 and c[1] <= 128 for s in SPLITS]
+
+
+def configs_for(m: int, configs: list[Config], n: int | None = None, sms: int = 132) -> list[Config]:
+    """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste);
+    split-K variants only where the unsplit grid leaves at least half the SMs idle (``n`` given)."""
+    out = []
+    for c in configs:
+        if c[1] > token_cap(m):
+            continue
+        if len(c) > 4 and (n is None or -(-n // c[0]) * -(-m // c[1]) * c[4] > sms):
+            continue
+        out.append(c)
+    return out
 
 
 def run(x, nw, mode, c: Config, bias=None, out=None):
@@ -147,7 +163,7 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
             r["shipped_ratio"] = r["cublas_us"] / r["shipped_us"]
             shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
             r["shipped_gluon"] = list(shipped) if shipped else None
-            ok = time_configs(r, configs_for(m, configs), functools.partial(run, x, nw, mode, out=out), out, ref,
+            ok = time_configs(r, configs_for(m, configs, n), functools.partial(run, x, nw, mode, out=out), out, ref,
                               TOL, rep_ms)
             rows.append(r)
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:5d} cuBLAS {r['cublas_us']:8.1f} shipped "
@@ -171,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     configs = ([tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")] if args.configs
-               else default_configs())
+               else with_splits(default_configs()))
     shapes = {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}
     ms = tuple(int(v) for v in args.ms.split(","))
     res: dict = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,

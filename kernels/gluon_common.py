@@ -119,6 +119,30 @@ def claim_slot(ready, empty, i, STAGES: gl.constexpr, nbytes: gl.constexpr):
 
 
 @jit
+def split_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K: gl.constexpr,
+                BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr):
+    """``kernels.split_k.reduce_partials`` in Gluon: publish this program's partial tile, then a barrier
+    (every thread's stores precede the release) and the acq_rel counter; returns (the fixed-order sum of
+    all partials, whether this program arrived last). The last one resets the counter; only its sum is
+    complete."""
+    TILE: gl.constexpr = BLOCK_W * BLOCK_T
+    r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
+    c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
+    offs = r[:, None] * BLOCK_T + c[None, :]
+    tile_ws = ws_ptr + tile.to(gl.int64) * (SPLIT_K * TILE)
+    gl.store(tile_ws + pid_k * TILE + offs, acc)
+    gl.thread_barrier()
+    arrived = gl.atomic_add(sem_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = arrived == SPLIT_K - 1
+    total = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
+    if last:
+        for sk in gl.static_range(SPLIT_K):  # fixed order: the same sum whichever program is last
+            total += gl.load(tile_ws + sk * TILE + offs, cache_modifier=".cg")
+        gl.store(sem_ptr + tile, 0)
+    return total, last
+
+
+@jit
 def store_transposed(acc, acc_layout: gl.constexpr, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
                      HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr):
     """y[t, w] = acc[w, t] + bias[w] in y's dtype, for the [BLOCK_W, BLOCK_T] tile at (off_w, off_t)."""

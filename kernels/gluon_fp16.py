@@ -26,6 +26,7 @@ import torch
 
 from kernels import gluon_common as common
 from kernels.fast_launch import TmaArg, cdiv, launch
+from kernels.split_k import split_buffers
 from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE, prepare
 
@@ -80,13 +81,13 @@ _word_layout = common.gluon.constexpr_function(_word_layout_fn) if common.gluon 
 
 
 @common.jit
-def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
+def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo, k_tiles,
                     STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
     """TMA producer: fills slot i % STAGES once the MMA that read its previous contents retired."""
     nbytes: gl.constexpr = x_desc.block_type.nbytes + u_desc.block_type.nbytes + l_desc.block_type.nbytes
     for i in range(k_tiles):
         s, bar = common.claim_slot(ready, empty, i, STAGES, nbytes)
-        k = i * BLOCK_K
+        k = (k_lo + i) * BLOCK_K
         tma.async_copy_global_to_shared(x_desc, [off_t, k], bar, x_bufs.index(s))
         tma.async_copy_global_to_shared(u_desc, [off_w, k], bar, u_bufs.index(s))
         tma.async_copy_global_to_shared(l_desc, [off_w, k], bar, l_bufs.index(s))
@@ -119,10 +120,11 @@ def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr
 
 
 @common.jit
-def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
-                   k_tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, BLOCK_W: gl.constexpr,
-                   BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr):
-    """The consumer warpgroup(s): merge + MMA over K, then the epilogue (scale, bias, store y)."""
+def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym, off_w,
+                   off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr,
+                   BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
+    """The consumer warpgroup(s): merge + MMA over this program's K steps, then the epilogue (scale,
+    bias, store y), after the split-K sum in the program that arrives last."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                          instr_shape=[16, BLOCK_T, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -138,8 +140,14 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, 
         acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout, word_layout)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
-    common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t, HAS_BIAS,
-                            BLOCK_W, BLOCK_T, NUM_WARPS)
+    if SPLIT_K == 1:
+        common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                                HAS_BIAS, BLOCK_W, BLOCK_T, NUM_WARPS)
+    else:
+        total, last = common.split_k_sum(acc, acc_layout, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K, BLOCK_W, BLOCK_T)
+        if last:
+            common.store_transposed(total * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                                    HAS_BIAS, BLOCK_W, BLOCK_T, NUM_WARPS)
 
 
 @common.jit
@@ -174,11 +182,11 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr
 
 @common.jit(do_not_specialize=["M"])
 def nested_fp16_rs_kernel(
-    x_desc, u_desc, l_desc, y_ptr, bias_ptr, mode_ptr, x_ptr, q_ptr, s_ptr,
+    x_desc, u_desc, l_desc, y_ptr, bias_ptr, mode_ptr, x_ptr, q_ptr, s_ptr, ws_ptr, sem_ptr,
     M, N, K, stride_ym, stride_xm, out_scale,
     HAS_BIAS: gl.constexpr, QUANT: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
     BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr,
-    QBLOCK: gl.constexpr,
+    QBLOCK: gl.constexpr, SPLIT_K: gl.constexpr,
 ):
     common.gdc_launch_dependents()  # a PDL-launched FP8 GEMM after this one may start its weight prefetch
     mode = gl.load(mode_ptr)
@@ -189,8 +197,14 @@ def nested_fp16_rs_kernel(
             if mode == 1:
                 _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS, QBLOCK)
         return
-    off_w, off_t = common.grouped_tile(gl.program_id(0), M, N, BLOCK_W, BLOCK_T, GROUP)
-    k_tiles = gl.cdiv(K, BLOCK_K)
+    # SPLIT_K consecutive programs per tile (kernels.split_k.split_ids), each over a contiguous slice of K.
+    pid = gl.program_id(0)
+    tile = pid // SPLIT_K
+    pid_k = pid % SPLIT_K
+    steps = gl.cdiv(K, BLOCK_K)
+    k_lo = pid_k * steps // SPLIT_K
+    k_tiles = (pid_k + 1) * steps // SPLIT_K - k_lo
+    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
 
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
     u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
@@ -198,9 +212,10 @@ def nested_fp16_rs_kernel(
     ready, empty = common.ring_barriers(STAGES)
 
     gl.warp_specialize([
-        (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
-                          k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, NUM_WARPS)),
-        (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_tiles,
+        (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym,
+                          off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, NUM_WARPS,
+                          SPLIT_K)),
+        (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo, k_tiles,
                            STAGES, BLOCK_K)),
     ], common.LOAD_WARPS, common.LOAD_REGS)
 
@@ -229,7 +244,7 @@ def nested_fp16_gemm_rs(
     scale_exp: int,
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    tile: tuple[int, int, int, int] = (128, 128, 64, 4),
+    tile: tuple[int, ...] = (128, 128, 64, 4),
     checked: bool = False,
     quant_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -237,15 +252,19 @@ def nested_fp16_gemm_rs(
 
     Otherwise ``out`` is returned as it was, and, if ``mode[0] == 1`` and ``quant_out = (q, s)``
     is given, the launch writes the per-token E4M3 quantization of x there (for the FP8 GEMM).
-    ``tile`` = (block_w, block_t, block_k, stages). ``checked``: the caller (the dispatcher) has
+    ``tile`` = (block_w, block_t, block_k, stages[, split_k]): split_k > 1 runs that many programs per
+    output tile over slices of K (``kernels.split_k``; one program per tile where its buffers cannot
+    be had), for grids far short of the SMs. ``checked``: the caller (the dispatcher) has
     checked the operands, the device, the tile and TMA addressing, so this call does not.
     Raises ``GluonUnavailable`` off Hopper or without Gluon, ``ValueError`` for a tile that cannot
     fit, K % 16 != 0 or operands TMA cannot address (16-byte aligned bases and row pitches).
     """
     m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if not checked:
-        common.check_launch("nested_fp16_gemm_rs", tile, config_problem(*tile), x2d, upper, lower)
-    block_w, block_t, block_k, stages = tile
+        common.check_launch("nested_fp16_gemm_rs", tile[:4], config_problem(*tile[:4]), x2d, upper, lower)
+        if len(tile) > 4 and tile[4] < 1:
+            raise ValueError(f"split_k must be >= 1, got {tile[4]}")
+    block_w, block_t, block_k, stages = tile[:4]
     if m == 0:
         return out
     xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
@@ -256,18 +275,20 @@ def nested_fp16_gemm_rs(
              TmaArg(lower, (n, k), (k, 1), (block_w, block_k), plane_layout))
     so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
+    tiles = cdiv(n, block_w) * cdiv(m, block_t)
+    split_k, ws, sem = split_buffers(x2d, tiles, tile[4] if len(tile) > 4 else 1, block_w * block_t, out)
     num_warps = block_w // 16
     # Quantizing: rows up to 64 values a thread are read once (quantize_block); else no matter.
     qblock = quantize_block(k, num_warps) if quant_out is not None else 1024
     spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15,
             0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
-            n & 15, k & 15, so & 15, sx & 15, n == 1)
+            n & 15, k & 15, so & 15, sx & 15, n == 1, ws.data_ptr() & 15, sem.data_ptr() & 15)
     launch(
-        nested_fp16_rs_kernel, cdiv(n, block_w) * cdiv(m, block_t),
-        (*descs, out, bias if bias is not None else out, mode, x2d, q, s, m, n, k, so, sx,
+        nested_fp16_rs_kernel, tiles * split_k,
+        (*descs, out, bias if bias is not None else out, mode, x2d, q, s, ws, sem, m, n, k, so, sx,
          2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
-             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock),
+             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock, SPLIT_K=split_k),
         num_warps, 1, spec,
     )
     return out

@@ -128,21 +128,8 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr
         _epilogue(acc, acc_layout, y_ptr, xs_ptr, bias_ptr, M, N, stride_ym, off_w, off_t, w_scale, HAS_BIAS,
                   BLOCK_W, BLOCK_T, NUM_WARPS)
     else:
-        # kernels.split_k.reduce_partials in Gluon: publish the partial, then a barrier (every thread's
-        # stores precede the release), the acq_rel counter, and in the last program the fixed-order sum.
-        TILE: gl.constexpr = BLOCK_W * BLOCK_T
-        r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
-        c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
-        offs = r[:, None] * BLOCK_T + c[None, :]
-        tile_ws = ws_ptr + tile.to(gl.int64) * (SPLIT_K * TILE)
-        gl.store(tile_ws + pid_k * TILE + offs, acc)
-        gl.thread_barrier()
-        arrived = gl.atomic_add(sem_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            total = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
-            for sk in gl.static_range(SPLIT_K):  # fixed order: the same sum whichever program is last
-                total += gl.load(tile_ws + sk * TILE + offs, cache_modifier=".cg")
-            gl.store(sem_ptr + tile, 0)
+        total, last = common.split_k_sum(acc, acc_layout, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K, BLOCK_W, BLOCK_T)
+        if last:
             _epilogue(total, acc_layout, y_ptr, xs_ptr, bias_ptr, M, N, stride_ym, off_w, off_t, w_scale, HAS_BIAS,
                       BLOCK_W, BLOCK_T, NUM_WARPS)
 

@@ -81,7 +81,8 @@ def _compile(kern, args: tuple, consts: dict, num_warps: int):
 
 
 def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out_dir: str,
-                 n: int = 4096, k: int = 4096, m: int = 256, quant: bool = False) -> tuple[str, int, str]:
+                 n: int = 4096, k: int = 4096, m: int = 256, quant: bool = False,
+                 split_k: int = 1) -> tuple[str, int, str]:
     """Compile one tile for sm_90 into out_dir (``quant``: the variant that quantizes x in FP8 mode);
     returns (SASS listing, shared bytes, register usage)."""
     import torch
@@ -98,9 +99,10 @@ def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out
     xd = TensorDescriptor(x, [m, k], [k, 1], [bt, bk], smem_layout((bt, bk), xdt))
     ud = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
     ld = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
-    ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, m, n, k, n, k, 1.0),
+    ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, y, mode, m, n, k, n, k, 1.0),
                   dict(HAS_BIAS=False, QUANT=quant, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
-                       NUM_WARPS=bw // 16, QBLOCK=mod.quantize_block(k, bw // 16) if quant else 1024), bw // 16)
+                       NUM_WARPS=bw // 16, QBLOCK=mod.quantize_block(k, bw // 16) if quant else 1024,
+                       SPLIT_K=split_k), bw // 16)
     name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}"))
     sass, usage = _disassemble(ck, name)
     regs = re.search(r"REG:(\d+)", usage)

@@ -221,7 +221,7 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     quant = None
     gluon8 = name is None and use_gluon_fp8(x2d, upper) is not None
     if name is None and not gluon8:
-        programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) if tile
+        programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) * (tile[4] if len(tile) > 4 else 1) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.

@@ -115,7 +115,7 @@ def lookup(configs: dict, kind: str, n: int, k: int, m: int) -> TileConfig | Non
     return cfg
 
 
-GluonTile = tuple[int, int, int, int]  # block_w (weight rows), block_t (tokens), block_k, stages
+GluonTile = tuple[int, ...]  # block_w (weight rows), block_t (tokens), block_k, stages[, split_k]
 
 
 def gluon_heuristic_tile(m: int) -> GluonTile:
@@ -152,7 +152,7 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
             return None
         tile = tuple(entry)
     cap = token_cap(m)
-    return tile if tile[1] <= cap else (tile[0], cap, tile[2], tile[3])
+    return tile if tile[1] <= cap else (tile[0], cap, *tile[2:])
 
 
 GluonFp8Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, split_k
@@ -197,9 +197,10 @@ def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, 
     return table
 
 
-def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) -> dict:
+def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), update: bool = False) -> dict:
     """The fastest checked tile per (N, K, M) from ``python -m kernels.gluon_check``'s JSON, or
-    null where the shipped op ran the Triton FP16 kernel and was faster in the same run.
+    null where the shipped op ran the Triton FP16 kernel and was faster in the same run. ``update``:
+    entries of the table at ``out_path`` for (N, K, M) the JSON did not time stay (a sweep of some M).
 
     Where the shipped op itself ran a Gluon tile, its time says nothing about the Triton kernel, so
     the fastest tile stays. Which kernel shipped: the row's ``shipped_gluon``; in JSON from before
@@ -218,7 +219,13 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH)) ->
                 shipped_gluon = r["m"] >= GLUON_MIN_M and gluon_tile(r["n"], r["k"], r["m"]) is not None
             win = shipped_gluon or r["best_us"] < r["shipped_us"]
             tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
-    return _write_table(out_path, check_json, res["meta"], "--gluon-table CHECK_JSON", "tiles", tiles)
+    option = "--gluon-table CHECK_JSON"
+    if update:
+        option += " --update"
+        for shape, entries in _load(Path(out_path), "tiles").items():
+            merged = {**entries, **tiles.get(shape, {})}
+            tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+    return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles)
 
 
 def split_choices(n: int, k: int, m: int, cfg: TileConfig) -> list[int]:
@@ -392,14 +399,15 @@ if __name__ == "__main__":
     ap.add_argument("--ms", default=",".join(map(str, SWEEP_MS)))
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--update", action="store_true",
-                    help="start from the committed table: replace only the swept (shape, M bucket) entries")
+                    help="start from the committed table: replace only the swept (shape, M bucket) entries "
+                         "(--sweep, --gluon-table)")
     ap.add_argument("--gluon-table", default=None, metavar="CHECK_JSON",
                     help="write gluon_tiles_h200.json from a kernels.gluon_check result")
     ap.add_argument("--gluon-fp8-table", default=None, metavar="SWEEP_JSON",
                     help="write gluon_fp8_tiles_h200.json from a python -m kernels.gluon_fp8 result")
     args = ap.parse_args()
     if args.gluon_table:
-        write_gluon_table(args.gluon_table)
+        write_gluon_table(args.gluon_table, update=args.update)
     if args.gluon_fp8_table:
         write_gluon_fp8_table(args.gluon_fp8_table)
     if args.sweep:

@@ -44,3 +44,15 @@ def test_time_configs_leaves_no_best_when_nothing_passes(monkeypatch):
     row = dict(cublas_us=1.0)
     assert gluon_check.time_configs(row, ["a"], lambda cfg: None, out, ref, 1e-3, rep_ms=1) == 0
     assert "best_cfg" not in row and len(row["configs"]) == 1
+
+
+def test_split_k_variants_are_timed_only_where_the_grid_leaves_half_the_sms_idle():
+    configs = gluon_check.with_splits([(64, 64, 128, 5), (128, 64, 64, 4), (64, 256, 64, 5)])
+    # Split variants only for the 64-row tile of <= 128 tokens (the ones compiled without spills).
+    assert (64, 64, 128, 5, 2) in configs and (64, 64, 128, 5, 4) in configs
+    assert not any(len(c) > 4 and c[:4] in ((128, 64, 64, 4), (64, 256, 64, 5)) for c in configs)
+    # 8B.o (N = 4096) at M = 64: 64 tiles on 132 SMs, so split 2 (128 programs) is timed, split 4 is not.
+    got = gluon_check.configs_for(64, configs, 4096, 132)
+    assert (64, 64, 128, 5, 2) in got and (64, 64, 128, 5, 4) not in got and (64, 64, 128, 5) in got
+    # 70B.gate_up (N = 57344): 896 tiles already; no split variant.
+    assert all(len(c) == 4 for c in gluon_check.configs_for(64, configs, 57344, 132))
