@@ -16,6 +16,12 @@ Partitions (``gl.warp_specialize``): a 1-warp TMA worker fills a STAGES-deep rin
 when the MMA that read its x tile has retired. The token tile BLOCK_T can be as thin as 16, so
 decode batches do not waste a 64-row MMA.
 
+Split-K (a fifth tile element > 1): that many programs per output tile, each over a contiguous slice
+of K, summed by the last to arrive (``kernels.split_k``'s mechanism and buffers). It is for layers with
+fewer 64-row weight tiles than SMs at decode. 8B.o and 8B.down have 64 tiles on 132 SMs, and split-K
+took them from 0.85-0.91 to 0.95-0.96 of cuBLAS at M = 1 and 16 in CUDA graphs (docs/BENCHMARKS.md,
+"Split-K in the Gluon FP16 kernel").
+
 Mode: the kernel reads the one-element int32 ``mode`` on the device, before the partitions
 fork, and exits unless it is 0 (FP16), like the other NestedFP16 kernels.
 """
