@@ -93,6 +93,17 @@ def grouped_tile(tile, M, N, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, GROUP
 
 
 @jit
+def split_tile(K, BLOCK_K: gl.constexpr, SPLIT_K: gl.constexpr):
+    """(tile, pid_k, k_lo, k_steps) of this program: SPLIT_K consecutive programs per output tile
+    (``kernels.split_k.split_ids``), each over a contiguous slice of the K steps."""
+    pid = gl.program_id(0)
+    pid_k = pid % SPLIT_K
+    steps = gl.cdiv(K, BLOCK_K)
+    k_lo = pid_k * steps // SPLIT_K
+    return pid // SPLIT_K, pid_k, k_lo, (pid_k + 1) * steps // SPLIT_K - k_lo
+
+
+@jit
 def ring_barriers(STAGES: gl.constexpr):
     """(ready, empty): per stage, TMA has filled the slot / the MMA that read it has retired;
     initialized and fenced, so allocated after the ring's buffers and before the partitions fork."""

@@ -203,13 +203,7 @@ def nested_fp16_rs_kernel(
             if mode == 1:
                 _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS, QBLOCK)
         return
-    # SPLIT_K consecutive programs per tile (kernels.split_k.split_ids), each over a contiguous slice of K.
-    pid = gl.program_id(0)
-    tile = pid // SPLIT_K
-    pid_k = pid % SPLIT_K
-    steps = gl.cdiv(K, BLOCK_K)
-    k_lo = pid_k * steps // SPLIT_K
-    k_tiles = (pid_k + 1) * steps // SPLIT_K - k_lo
+    tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
     off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
 
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)

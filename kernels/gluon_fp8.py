@@ -146,14 +146,9 @@ def nested_fp8_rs_kernel(
         if PDL:
             common.gdc_wait()
         return
-    # SPLIT_K consecutive programs per tile (kernels.split_k.split_ids), tiles in grouped order: GROUP
-    # weight blocks walk the token blocks together, so each weight block comes from HBM about once.
-    pid = gl.program_id(0)
-    tile = pid // SPLIT_K
-    pid_k = pid % SPLIT_K
-    steps = gl.cdiv(K, BLOCK_K)
-    k_lo = pid_k * steps // SPLIT_K
-    k_steps = (pid_k + 1) * steps // SPLIT_K - k_lo
+    # Tiles in grouped order: GROUP weight blocks walk the token blocks together, so each weight block
+    # comes from HBM about once.
+    tile, pid_k, k_lo, k_steps = common.split_tile(K, BLOCK_K, SPLIT_K)
     off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
 
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
