@@ -6,9 +6,9 @@ Two ways to pick the precision:
   makes two launches, the FP16 GEMM then the FP8 GEMM (three with the Gluon FP8 GEMM, below), and all
   read ``mode`` first. In FP16 mode the FP8 launch exits at once; in FP8 mode the FP16 launch
   quantizes the activations per token for the Triton FP8 GEMM instead of multiplying, so no launch is
-  wasted there (at larger M the quantization gets its own program-per-row launch). No host ever reads the mode (no ``.item()``,
-  no sync), so a CUDA graph captured once serves both modes, and flipping the tensor takes effect
-  at the next replay. The price is one empty launch per linear in FP16 mode, measured by
+  wasted there (at larger M the quantization gets its own program-per-row launch). No host ever
+  reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both modes, and
+  flipping the tensor takes effect at the next replay. The price is one empty launch per linear in FP16 mode, measured by
   ``python -m kernels.bench``.
   Opt-in (``USE_CONDITIONAL``), where ``kernels.cuda_conditional`` works (a CUDA >= 12.8
   driver): a capture below ``LARGE_M_THRESHOLD`` holds instead a conditional node on the mode
@@ -179,27 +179,23 @@ def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
             cublaslt_fp8.refuse(x2d, upper)
             nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, True, quant)
             return
-    if _quantized_first(x2d, upper):
-        act_quant(x2d, mode, quant)
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, pdl=False)  # no PDL edge inside a branch
-    else:
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None)
-
-
-def _quantized_first(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
-    """FP8 mode's GEMM takes x quantized by an earlier launch: the Gluon kernel always, the Triton
-    kernel unless its config quantizes inside the GEMM."""
+    g8 = use_gluon_fp8(x2d, upper)
     m, k = x2d.shape
-    return use_gluon_fp8(x2d, upper) is not None or not get_config("fp8", upper.shape[0], k, m).fused_quant
+    if g8 is not None or not get_config("fp8", upper.shape[0], k, m).fused_quant:  # quantized by a launch first
+        act_quant(x2d, mode, quant)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, g8, pdl=False)  # no PDL edge inside a branch
+    else:
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, g8)
 
 
 def _fp8_gemm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
-              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor] | None, pdl: bool = True) -> None:
+              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor] | None, g8: GluonFp8Config | None,
+              pdl: bool = True) -> None:
     """FP8 mode's GEMM into ``out``, on x's codes from the launch before (``quant``; None: quantized
-    here). The Gluon kernel is a programmatic dependent of that launch (``pdl``), so its weight
-    prefetch overlaps the quantization."""
+    here): the Gluon kernel with config ``g8`` (``use_gluon_fp8``, the caller's), else the Triton one.
+    The Gluon kernel is a programmatic dependent of that launch (``pdl``), so its weight prefetch
+    overlaps the quantization."""
     m, k = x2d.shape
-    g8 = use_gluon_fp8(x2d, upper)
     if g8 is None:
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", upper.shape[0], k, m), True, quant)
         return
@@ -214,13 +210,13 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     m, k = x2d.shape
     n = upper.shape[0]
     if name == "fp8":
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, use_gluon_fp8(x2d, upper))
         return
     tile = use_gluon(x2d, upper, lower)
     cfg16 = None if tile else get_config("fp16", n, k, m)
     quant = None
-    gluon8 = name is None and use_gluon_fp8(x2d, upper) is not None
-    if name is None and not gluon8:
+    g8 = use_gluon_fp8(x2d, upper) if name is None else None
+    if name is None and g8 is None:
         programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) * (tile[4] if len(tile) > 4 else 1) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
@@ -233,6 +229,6 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     else:
         nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
     if name is None:
-        if gluon8:  # act_quant reads only x, so it may run during the FP16 launch; the GEMM's prefetch too
+        if g8 is not None:  # act_quant reads only x, so it may run during the FP16 launch; the GEMM's prefetch too
             quant = act_quant(x2d, mode, pdl=USE_PDL)
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, g8)

@@ -137,6 +137,17 @@ def _gluon_table() -> dict:
     return _load(GLUON_TABLE_PATH, "tiles")
 
 
+def _measured_entry(entries: dict, m: int, past_last: bool) -> list | None:
+    """A Gluon table's entry of the smallest measured M >= m; past the largest measured M, that one's
+    (``past_last``) or None. Token tiles capped at what M needs (16 at least)."""
+    measured = sorted(int(v) for v in entries)
+    key = next((v for v in measured if v >= m), measured[-1] if past_last else None)
+    entry = entries[str(key)] if key is not None else None
+    if entry is None:
+        return None
+    return [entry[0], min(entry[1], token_cap(m)), *entry[2:]]
+
+
 @functools.lru_cache(maxsize=4096)
 def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
     """The Gluon NestedFP16 tile for (N, K): the entry of the smallest measured M >= m (else the
@@ -145,14 +156,9 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
     entries = _gluon_table().get(f"{n}x{k}")
     if not entries:
         tile = gluon_heuristic_tile(m)
-    else:
-        measured = sorted(int(v) for v in entries)
-        entry = entries[str(next((v for v in measured if v >= m), measured[-1]))]
-        if entry is None:
-            return None
-        tile = tuple(entry)
-    cap = token_cap(m)
-    return tile if tile[1] <= cap else (tile[0], cap, *tile[2:])
+        return (tile[0], min(tile[1], token_cap(m)), *tile[2:])
+    entry = _measured_entry(entries, m, past_last=True)
+    return tuple(entry) if entry else None
 
 
 GluonFp8Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, split_k
@@ -164,14 +170,8 @@ def gluon_fp8_config(n: int, k: int, m: int) -> GluonFp8Config | None:
     the table measured the Triton FP8 kernel faster, for shapes it lacks, and past its largest M (there
     the Triton kernel, or cuBLASLt, stays: nothing was measured). Token tiles never wider than M needs."""
     entries = _load(GLUON_FP8_TABLE_PATH, "configs").get(f"{n}x{k}")
-    if not entries:
-        return None
-    m_key = next((v for v in sorted(int(v) for v in entries) if v >= m), None)
-    entry = entries[str(m_key)] if m_key is not None else None
-    if entry is None:
-        return None
-    bw, bt, bk, stages, split = entry
-    return bw, min(bt, token_cap(m)), bk, stages, split
+    entry = _measured_entry(entries, m, past_last=False) if entries else None
+    return tuple(entry) if entry else None
 
 
 def write_gluon_fp8_table(sweep_json: str, out_path: str = str(GLUON_FP8_TABLE_PATH)) -> dict:
