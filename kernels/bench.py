@@ -11,7 +11,8 @@ Also: ragged-shape checks (M = 1, 7, 33, 4097; N, K not multiples of 128; pre-sc
 bf16), the cost of the mode switch at decode, and the CUDA-graph mode flip.
 
 Eager calls pick the precision on the host (``triton_dispatch.HOST_PICK``; from
-``LARGE_M_THRESHOLD`` up FP16 = merge pass + cuBLAS, FP8 = cuBLASLt on the upper plane); CUDA graphs
+``LARGE_M_THRESHOLD`` up FP16 = merge pass + cuBLAS where the Gluon table's ``merge_from`` says, FP8 =
+cuBLASLt on the upper plane); CUDA graphs
 (the ``graph_*`` columns, M <= 256) pick on the device. For M >= 64 each row also times
 ``device_path_*`` (eager calls with the device pick: both launches) and ``host_path_*`` (threshold 0),
 which is what the threshold is chosen from; from the threshold up, ``nested_fp8_triton_us`` is the
@@ -168,9 +169,13 @@ def plain_fp16_fn(x: torch.Tensor, w16: torch.Tensor, cfg: TileConfig):
                                            num_stages=cfg.num_stages)
 
 
+@contextlib.contextmanager
 def large_m_threshold(t: int):
-    """Run the op with another large-M threshold (0: merge + cuBLAS / cuBLASLt at every M)."""
-    return mock.patch.object(triton_dispatch, "LARGE_M_THRESHOLD", t)
+    """Run the op with another large-M threshold (0: merge + cuBLAS / cuBLASLt at every M, whatever the
+    Gluon table's ``merge_from`` says)."""
+    with mock.patch.object(triton_dispatch, "LARGE_M_THRESHOLD", t), \
+            mock.patch.object(triton_dispatch, "merge_from", lambda n, k: None):
+        yield
 
 
 def device_pick():

@@ -6,8 +6,9 @@
 Checks (output poisoned with NaN, against ``kernels.reference.nested_linear``): ragged M/N/K, bias +
 pre-scale + bf16, mode = 1 leaves ``out`` untouched. Timing: CUDA-graph replays under
 ``triton.testing.do_bench`` (median, L2 flushed before each replay) of cuBLAS FP16, the shipped op
-(``nested_linear_cuda`` in FP16 mode) and every config; each config is checked on the case before
-it is timed. ``kernels.gluon_fp8``'s sweep times its configs with the same helpers (``bench_us``,
+(``nested_linear_cuda`` in FP16 mode), from M = 512 merge + cuBLAS (the op's eager alternative; the
+table's ``merge_from`` comes from it) and every config (with split-K and stream-K variants where the
+grid is small: ``configs_for``); each config is checked on the case before it is timed. ``kernels.gluon_fp8``'s sweep times its configs with the same helpers (``bench_us``,
 ``time_configs``).
 """
 
@@ -22,14 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import triton
 
 from kernels import gluon_fp16 as G
 from kernels.bench import graphed, make_weight, rel_err
-from kernels.tuning import LLAMA_SHAPES, token_cap
+from kernels.tuning import LLAMA_SHAPES, STREAM_K, token_cap
 
 Config = tuple[int, ...]  # block_w, block_t, block_k, stages[, split_k]
+MERGE_MIN_M = 512  # from here up the sweep also times merge + cuBLAS, the op's eager FP16 path at large M
 TOL = 5e-3  # relative Frobenius error, fp16 GEMM level (kernels.bench uses the same); x4 for bf16
 
 
@@ -79,22 +82,34 @@ def default_configs() -> list[Config]:
 
 
 SPLITS = (2, 4)  # split-K for 64-row tiles of up to 128 tokens (compiled for sm_90 without spills)
+STREAM_K_MAX_FILL = 0.9  # stream-K variants where the unsplit grid fills its waves less than this
 
 
 def with_splits(configs: list[Config]) -> list[Config]:
-    """The configs plus their split-K variants (``SPLITS``) where those compiled without spills."""
-    return list(configs) + [(*c, s) for c in configs if len(c) == 4 and c[0] == 64 and c[1] <= 128 for s in SPLITS]
+    """The configs plus their split-K variants (``SPLITS``, where those compiled without spills) and their
+    stream-K variants (fifth element ``STREAM_K``)."""
+    four = [c for c in configs if len(c) == 4]
+    return (list(configs) + [(*c, s) for c in four if c[0] == 64 and c[1] <= 128 for s in SPLITS]
+            + [(*c, STREAM_K) for c in four])
+
+
+def wave_fill(tiles: int, sms: int) -> float:
+    """How full a grid of one program per tile keeps the SMs over its waves (1.0: every wave full)."""
+    return tiles / (-(-tiles // sms) * sms)
 
 
 def configs_for(m: int, configs: list[Config], n: int | None = None, sms: int = 132) -> list[Config]:
     """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste);
-    split-K variants only where the unsplit grid leaves at least half the SMs idle (``n`` given)."""
+    given ``n``, split-K variants only where the unsplit grid leaves at least half the SMs idle, stream-K
+    variants only where its waves are less than ``STREAM_K_MAX_FILL`` full."""
     out = []
     for c in configs:
         if c[1] > token_cap(m):
             continue
-        if len(c) > 4 and (n is None or -(-n // c[0]) * -(-m // c[1]) * c[4] > sms):
-            continue
+        if len(c) > 4:
+            tiles = -(-n // c[0]) * -(-m // c[1]) if n is not None else 0
+            if n is None or (wave_fill(tiles, sms) >= STREAM_K_MAX_FILL if c[4] == STREAM_K else tiles * c[4] > sms):
+                continue
         out.append(c)
     return out
 
@@ -144,6 +159,7 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
     from kernels.ops import new_mode_tensor
     from kernels.reference import nested_linear
     from kernels.triton_dispatch import nested_linear_cuda, use_gluon
+    from kernels.triton_merge import merge_weight
 
     mode = new_mode_tensor("cuda", "fp16")
     rows = []
@@ -161,6 +177,9 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
             r["cublas_us"] = bench_us(lambda: torch.matmul(x, w16.t()), rep_ms)
             r["shipped_us"] = bench_us(lambda: nested_linear_cuda(x, nw.upper, nw.lower, mode, 0), rep_ms)
             r["shipped_ratio"] = r["cublas_us"] / r["shipped_us"]
+            if m >= MERGE_MIN_M:  # the eager large-M alternative: merge pass + cuBLAS (kernels.tuning.merge_from)
+                r["merge_cublas_us"] = bench_us(lambda: F.linear(x, merge_weight(nw.upper, nw.lower, 0, x.dtype)),
+                                                rep_ms)
             shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
             r["shipped_gluon"] = list(shipped) if shipped else None
             ok = time_configs(r, configs_for(m, configs, n), functools.partial(run, x, nw, mode, out=out), out, ref,

@@ -36,7 +36,8 @@ except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", repo
 __all__ = ["IMPORT_ERROR", "LOAD_REGS", "LOAD_WARPS", "SMEM_LIMIT", "GluonUnavailable", "available", "check_launch",
            "claim_slot", "const", "fence_async_shared", "gdc_launch_dependents", "gdc_wait", "gl", "gluon",
            "grouped_tile", "jit", "mbarrier",
-           "ring_barriers", "smem_layout", "store_transposed", "tile_problem", "tma", "tma_ok", "warpgroup_mma",
+           "ring_barriers", "smem_layout", "store_transposed", "stream_k_sum", "stream_owner",
+           "stream_range", "tile_problem", "tma", "tma_ok", "warpgroup_mma",
            "warpgroup_mma_wait"]
 
 SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
@@ -149,6 +150,53 @@ def split_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, pid_k, SPL
     if last:
         for sk in gl.static_range(SPLIT_K):  # fixed order: the same sum whichever program is last
             total += gl.load(tile_ws + sk * TILE + offs, cache_modifier=".cg")
+        gl.store(sem_ptr + tile, 0)
+    return total, last
+
+
+@jit
+def stream_range(tiles, steps):
+    """Stream-K: this program's [start, end) of the ``tiles * steps`` K steps of all output tiles (tile t's
+    steps are t * steps ... (t + 1) * steps - 1), cut evenly over the programs. The host launches at most
+    one program per step, so none is empty."""
+    work = tiles.to(gl.int64) * steps
+    p = gl.program_id(0).to(gl.int64)
+    nprog = gl.num_programs(0)
+    return (p * work // nprog).to(gl.int32), ((p + 1) * work // nprog).to(gl.int32)
+
+
+@jit
+def stream_owner(step, work):
+    """Stream-K: the program whose range (``stream_range``) holds global K step ``step`` of ``work``."""
+    return (((step.to(gl.int64) + 1) * gl.num_programs(0) - 1) // work).to(gl.int32)
+
+
+@jit
+def stream_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, start, steps, work,
+                 BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr):
+    """``split_k_sum`` for stream-K, where a tile's K steps fall to 2 or more consecutive programs (the
+    caller stores tiles it covered whole). Each program has two partial slots in the workspace: 0 for
+    the piece its range starts in, 1 for the one it ends in (pieces between are whole tiles). Returns
+    (the sum of the tile's pieces in program order, whether this program arrived last); the last resets
+    the tile's counter."""
+    TILE: gl.constexpr = BLOCK_W * BLOCK_T
+    r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
+    c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
+    offs = r[:, None] * BLOCK_T + c[None, :]
+    first_step = tile * steps
+    slot = (start < first_step).to(gl.int32)
+    gl.store(ws_ptr + (gl.program_id(0) * 2 + slot).to(gl.int64) * TILE + offs, acc)
+    gl.thread_barrier()
+    first = stream_owner(first_step, work)
+    pieces = stream_owner(first_step + steps - 1, work) - first + 1
+    arrived = gl.atomic_add(sem_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = arrived == pieces - 1
+    total = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
+    if last:
+        nprog = gl.num_programs(0).to(gl.int64)
+        for q in range(first, first + pieces):  # program order: the same sum whichever program is last
+            q_slot = (q.to(gl.int64) * work // nprog < first_step).to(gl.int32)
+            total += gl.load(ws_ptr + (q * 2 + q_slot).to(gl.int64) * TILE + offs, cache_modifier=".cg")
         gl.store(sem_ptr + tile, 0)
     return total, last
 

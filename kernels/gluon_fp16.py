@@ -22,6 +22,12 @@ fewer 64-row weight tiles than SMs at decode. 8B.o and 8B.down have 64 tiles on 
 took them from 0.85-0.91 to 0.95-0.96 of cuBLAS at M = 1 and 16 in CUDA graphs (docs/BENCHMARKS.md,
 "Split-K in the Gluon FP16 kernel").
 
+Stream-K (fifth element ``STREAM_K``, 0): one program per SM, each over an equal share of the K steps of
+all output tiles, taken in tile order across tile borders; a tile one program covers is stored at once,
+the pieces of one split between programs are summed by the last to arrive (``common.stream_k_sum``). It is
+for grids that fill their last wave badly: at M = 256, 64 x 256 tiles give 8B.qkv 96 programs on 132 SMs
+(0.73 of a wave; docs/BENCHMARKS.md, "Where FP16 loses at M = 256").
+
 Mode: the kernel reads the one-element int32 ``mode`` on the device, before the partitions
 fork, and exits unless it is 0 (FP16), like the other NestedFP16 kernels.
 """
@@ -32,9 +38,10 @@ import torch
 
 from kernels import gluon_common as common
 from kernels.fast_launch import TmaArg, cdiv, launch
-from kernels.split_k import split_buffers
+from kernels.split_k import sm_count, split_buffers, stream_buffers
 from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE, prepare
+from kernels.tuning import STREAM_K
 
 # Shared with kernels.gluon_fp8 (they live in kernels.gluon_common); the dispatcher, the tests and
 # kernels.gluon_sass read them here.
@@ -100,9 +107,10 @@ def _load_partition(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty
 
 
 @common.jit
-def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr, a_layout: gl.constexpr,
+def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, i0, STAGES: gl.constexpr, a_layout: gl.constexpr,
               word_layout: gl.constexpr):
-    """One K step: planes -> registers -> merged A operand; issue its MMA, retire the previous one."""
+    """One K step (the program's i-th; its output tile's first is i0): planes -> registers -> merged A
+    operand; issue its MMA, retire the previous one."""
     BLOCK_W: gl.constexpr = u_bufs.shape[1]
     BLOCK_K: gl.constexpr = u_bufs.shape[2]
     # The planes' bytes as [BLOCK_W, BLOCK_K / 2] uint16 words: the same swizzle in bytes.
@@ -118,7 +126,7 @@ def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES: gl.constexpr
     # join(a, b)[r, c, j] = w[r & ~8 | 8 j, 2 c + (r >> 3 & 1)]. Only registers are renamed.
     w = gl.join(a, b).reshape([BLOCK_W // 16, 2, 8, BLOCK_K // 2, 2]).permute((0, 4, 2, 3, 1))
     w = gl.convert_layout(w.reshape([BLOCK_W, BLOCK_K]), a_layout, assert_trivial=True)
-    acc = warpgroup_mma(w.to(x_bufs.dtype), x_bufs.index(s).permute((1, 0)), acc, use_acc=i > 0, is_async=True)
+    acc = warpgroup_mma(w.to(x_bufs.dtype), x_bufs.index(s).permute((1, 0)), acc, use_acc=i > i0, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
     # MMA i-1 has retired: its x slot is free (its byte planes were read before it was issued).
     mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
@@ -140,10 +148,11 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr
     # previous step's MMA still reads them, and ptxas would serialize every MMA.
     for j in range(k_tiles // 2):
         i = 2 * j
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, STAGES, a_layout, word_layout)
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, STAGES, a_layout, word_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, 0, STAGES, a_layout, word_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, 0, STAGES, a_layout, word_layout)
     if k_tiles % 2:
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, STAGES, a_layout, word_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, 0, STAGES, a_layout,
+                           word_layout)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
     if SPLIT_K == 1:
@@ -154,6 +163,61 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr
         if last:
             common.store_transposed(total * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
                                     HAS_BIAS, BLOCK_W, BLOCK_T, NUM_WARPS)
+
+
+@common.jit
+def _load_partition_sk(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, M, N, start, end, steps,
+                       STAGES: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
+                       GROUP: gl.constexpr):
+    """``_load_partition`` over a stream-K range: global K steps start .. end - 1, across tile borders. The
+    tile's offsets are worked out once per tile: their integer divisions, once per step, made this one
+    warp slower than the MMAs it feeds."""
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + u_desc.block_type.nbytes + l_desc.block_type.nbytes
+    for tile in range(start // steps, (end - 1) // steps + 1):
+        off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+        first = tile * steps
+        for kk in range(gl.maximum(start, first) - first, gl.minimum(end, first + steps) - first):
+            s, bar = common.claim_slot(ready, empty, first + kk - start, STAGES, nbytes)  # the ring runs on
+            k = kk * BLOCK_K
+            tma.async_copy_global_to_shared(x_desc, [off_t, k], bar, x_bufs.index(s))
+            tma.async_copy_global_to_shared(u_desc, [off_w, k], bar, u_bufs.index(s))
+            tma.async_copy_global_to_shared(l_desc, [off_w, k], bar, l_bufs.index(s))
+
+
+@common.jit
+def _mma_partition_sk(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym,
+                      start, end, steps, tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr,
+                      BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr, GROUP: gl.constexpr):
+    """``_mma_partition`` over a stream-K range: per output tile it touches, its piece of K, then the
+    epilogue (a whole tile stores at once; a piece goes through ``common.stream_k_sum``). The producer
+    runs on into the next tile during an epilogue."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                         instr_shape=[16, BLOCK_T, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    word_layout: gl.constexpr = _word_layout(NUM_WARPS, u_bufs.shape[2])
+    work = tiles.to(gl.int64) * steps
+    for tile in range(start // steps, (end - 1) // steps + 1):
+        lo = gl.maximum(start, tile * steps)
+        n = gl.minimum(end, tile * steps + steps) - lo
+        i0 = lo - start  # the ring's step count runs on across tiles
+        acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
+        for j in range(n // 2):  # unrolled by two, as in _mma_partition
+            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j, i0, STAGES, a_layout, word_layout)
+            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j + 1, i0, STAGES, a_layout,
+                            word_layout)
+        if n % 2:
+            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + n - 1, i0, STAGES, a_layout, word_layout)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+        if n == steps:
+            common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
+                                    HAS_BIAS, BLOCK_W, BLOCK_T, NUM_WARPS)
+        else:
+            total, last = common.stream_k_sum(acc, acc_layout, ws_ptr, sem_ptr, tile, start, steps, work, BLOCK_W,
+                                              BLOCK_T)
+            if last:
+                common.store_transposed(total * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w,
+                                        off_t, HAS_BIAS, BLOCK_W, BLOCK_T, NUM_WARPS)
 
 
 @common.jit
@@ -192,7 +256,7 @@ def nested_fp16_rs_kernel(
     M, N, K, stride_ym, stride_xm, out_scale,
     HAS_BIAS: gl.constexpr, QUANT: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
     BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr,
-    QBLOCK: gl.constexpr, SPLIT_K: gl.constexpr,
+    QBLOCK: gl.constexpr, SPLIT_K: gl.constexpr, STREAM: gl.constexpr,
 ):
     common.gdc_launch_dependents()  # a PDL-launched FP8 GEMM after this one may start its weight prefetch
     mode = gl.load(mode_ptr)
@@ -203,21 +267,39 @@ def nested_fp16_rs_kernel(
             if mode == 1:
                 _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS, QBLOCK)
         return
-    tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
-    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
-
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
     u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
     l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
     ready, empty = common.ring_barriers(STAGES)
+    if STREAM:
+        steps = gl.cdiv(K, BLOCK_K)
+        tiles = gl.cdiv(N, BLOCK_W) * gl.cdiv(M, BLOCK_T)
+        start, end = common.stream_range(tiles, steps)
+        gl.warp_specialize([
+            (_mma_partition_sk, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
+                                 stride_ym, start, end, steps, tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T,
+                                 NUM_WARPS, GROUP)),
+            (_load_partition_sk, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, M, N, start, end,
+                                  steps, STAGES, BLOCK_K, BLOCK_W, BLOCK_T, GROUP)),
+        ], common.LOAD_WARPS, common.LOAD_REGS)
+    else:
+        tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
+        off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+        gl.warp_specialize([
+            (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
+                              stride_ym, off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W,
+                              BLOCK_T, NUM_WARPS, SPLIT_K)),
+            (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo,
+                               k_tiles, STAGES, BLOCK_K)),
+        ], common.LOAD_WARPS, common.LOAD_REGS)
 
-    gl.warp_specialize([
-        (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym,
-                          off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W, BLOCK_T, NUM_WARPS,
-                          SPLIT_K)),
-        (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo, k_tiles,
-                           STAGES, BLOCK_K)),
-    ], common.LOAD_WARPS, common.LOAD_REGS)
+
+def programs(tile: tuple[int, ...], m: int, n: int, k: int, device: torch.device) -> int:
+    """How many programs a launch of ``tile`` runs: a program per output tile and split, or (stream-K) one
+    per SM, at most one per K step."""
+    tiles = cdiv(n, tile[0]) * cdiv(m, tile[1])
+    split = tile[4] if len(tile) > 4 else 1
+    return min(sm_count(device), tiles * cdiv(k, tile[2])) if split == STREAM_K else tiles * split
 
 
 def quantize_block(k: int, num_warps: int) -> int:
@@ -253,8 +335,9 @@ def nested_fp16_gemm_rs(
     Otherwise ``out`` is returned as it was, and, if ``mode[0] == 1`` and ``quant_out = (q, s)``
     is given, the launch writes the per-token E4M3 quantization of x there (for the FP8 GEMM).
     ``tile`` = (block_w, block_t, block_k, stages[, split_k]): split_k > 1 runs that many programs per
-    output tile over slices of K (``kernels.split_k``; one program per tile where its buffers cannot
-    be had), for grids far short of the SMs. ``checked``: the caller (the dispatcher) has
+    output tile over slices of K, for grids far short of the SMs; ``STREAM_K`` (0) runs stream-K
+    (module docstring). Both use ``kernels.split_k``'s buffers, and run one program per tile where
+    a CUDA-graph capture finds none. ``checked``: the caller (the dispatcher) has
     checked the operands, the device, the tile and TMA addressing, so this call does not.
     Raises ``GluonUnavailable`` off Hopper or without Gluon, ``ValueError`` for a tile that cannot
     fit, K % 16 != 0 or operands TMA cannot address (16-byte aligned bases and row pitches).
@@ -262,8 +345,8 @@ def nested_fp16_gemm_rs(
     m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if not checked:
         common.check_launch("nested_fp16_gemm_rs", tile[:4], config_problem(*tile[:4]), x2d, upper, lower)
-        if len(tile) > 4 and tile[4] < 1:
-            raise ValueError(f"split_k must be >= 1, got {tile[4]}")
+        if len(tile) > 4 and tile[4] < 0:
+            raise ValueError(f"split_k must be >= 1, or {STREAM_K} for stream-K; got {tile[4]}")
     block_w, block_t, block_k, stages = tile[:4]
     if m == 0:
         return out
@@ -276,7 +359,13 @@ def nested_fp16_gemm_rs(
     so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
-    split_k, ws, sem = split_buffers(x2d, tiles, tile[4] if len(tile) > 4 else 1, block_w * block_t, out)
+    split_k = tile[4] if len(tile) > 4 else 1
+    programs = 0
+    if split_k == STREAM_K:
+        programs, ws, sem = stream_buffers(x2d, tiles, cdiv(k, block_k), block_w * block_t, out)
+        split_k = 1  # without buffers (programs == 0): one program per tile
+    if not programs:
+        split_k, ws, sem = split_buffers(x2d, tiles, split_k, block_w * block_t, out)
     num_warps = block_w // 16
     # Quantizing: rows up to 64 values a thread are read once (quantize_block); else no matter.
     qblock = quantize_block(k, num_warps) if quant_out is not None else 1024
@@ -284,11 +373,12 @@ def nested_fp16_gemm_rs(
             0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
             n & 15, k & 15, so & 15, sx & 15, n == 1, ws.data_ptr() & 15, sem.data_ptr() & 15)
     launch(
-        nested_fp16_rs_kernel, tiles * split_k,
+        nested_fp16_rs_kernel, programs or tiles * split_k,
         (*descs, out, bias if bias is not None else out, mode, x2d, q, s, ws, sem, m, n, k, so, sx,
          2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
-             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock, SPLIT_K=split_k),
+             BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock, SPLIT_K=split_k,
+             STREAM=programs > 0),
         num_warps, 1, spec,
     )
     return out

@@ -10,7 +10,7 @@ on any machine, as it only compiles (``GPUTarget("cuda", 90, 64)``) and disassem
 
     python3.11 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 numpy torch
     PYTHONPATH=. /tmp/t36/bin/python -m kernels.gluon_sass [--tiles 64,128,64,4 ...] [--xdt float16]
-        [--out DIR] [--src OTHER_gluon_fp16.py]
+        [--out DIR] [--src OTHER_gluon_fp16.py] [--split-k N (0: stream-K)]
     PYTHONPATH=. /tmp/t36/bin/python -m kernels.gluon_sass --kind fp8 [--tiles ...] [--xdt bfloat16] [--bias]
         [--split-k 2]
 
@@ -99,11 +99,15 @@ def compile_tile(mod: ModuleType, tile: tuple[int, int, int, int], xdt: str, out
     xd = TensorDescriptor(x, [m, k], [k, 1], [bt, bk], smem_layout((bt, bk), xdt))
     ud = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
     ld = TensorDescriptor(planes, [n, k], [k, 1], [bw, bk], pl)
-    ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, y, mode, m, n, k, n, k, 1.0),
-                  dict(HAS_BIAS=False, QUANT=quant, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
-                       NUM_WARPS=bw // 16, QBLOCK=mod.quantize_block(k, bw // 16) if quant else 1024,
-                       SPLIT_K=split_k), bw // 16)
-    name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}"))
+    consts = dict(HAS_BIAS=False, QUANT=quant, BLOCK_W=bw, BLOCK_T=bt, BLOCK_K=bk, STAGES=stages, GROUP=8,
+                  NUM_WARPS=bw // 16, QBLOCK=mod.quantize_block(k, bw // 16) if quant else 1024,
+                  SPLIT_K=max(split_k, 1))
+    if "STREAM" in mod.nested_fp16_rs_kernel.arg_names:  # a --src copy from before stream-K lacks it
+        consts["STREAM"] = split_k == 0
+    ck = _compile(mod.nested_fp16_rs_kernel, (xd, ud, ld, y, y, mode, x, y, y, y, mode, m, n, k, n, k, 1.0), consts,
+                  bw // 16)
+    name = os.path.join(out_dir, "x".join(map(str, tile)) + ("" if xdt == "float16" else f"_{xdt}")
+                        + ("" if split_k == 1 else f"_sk{split_k}"))
     sass, usage = _disassemble(ck, name)
     regs = re.search(r"REG:(\d+)", usage)
     return sass, ck.metadata.shared, regs.group(1) if regs else "?"
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--src", help="compile this copy of gluon_fp16.py (gluon_fp8.py) instead of kernels.gluon_fp16")
     ap.add_argument("--kind", default="fp16", choices=["fp16", "fp8"], help="which kernel (fp8: kernels.gluon_fp8)")
     ap.add_argument("--bias", action="store_true", help="fp8: compile the bias variant")
-    ap.add_argument("--split-k", type=int, default=1, help="fp8: compile the split-K variant")
+    ap.add_argument("--split-k", type=int, default=1, help="compile the split-K variant (fp16: 0 = stream-K)")
     ap.add_argument("--pdl", action="store_true", help="fp8: compile the programmatic-dependent-launch variant")
     a = ap.parse_args(argv)
     if a.kind == "fp8":
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(out_dir, exist_ok=True)
         for t in a.tiles:
             tile = tuple(int(v) for v in t.split(","))
-            sass, shared, regs = compile_tile(mod, tile, a.xdt, out_dir)
+            sass, shared, regs = compile_tile(mod, tile, a.xdt, out_dir, split_k=a.split_k)
             steps = k_steps(sass)
             if not steps:
                 print(f"{t}: no K step found (regs {regs}, shared {shared})")

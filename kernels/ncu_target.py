@@ -18,7 +18,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kernels import gluon_fp16
+    from kernels import gluon_fp16, split_k
     from kernels.bench import make_weight
     from kernels.ops import new_mode_tensor
     from kernels.tuning import gluon_tile
@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("n", type=int)
     ap.add_argument("k", type=int)
     ap.add_argument("m", type=int)
+    ap.add_argument("--tile", help="the Gluon tile to run instead of the table's, e.g. 64,256,64,5,0 (stream-K)")
     a = ap.parse_args(argv)
     nw = make_weight(a.n, a.k)
     x = torch.randn(a.m, a.k, device="cuda", dtype=torch.float16)
     mode = new_mode_tensor("cuda", "fp16")
     out = torch.empty(a.m, a.n, device="cuda", dtype=torch.float16)
-    tile = gluon_tile(a.n, a.k, a.m)
+    tile = tuple(int(v) for v in a.tile.split(",")) if a.tile else gluon_tile(a.n, a.k, a.m)
+    split_k.reserve(x.device)  # stream-K and split-K tiles need its buffers
     print("tile", tile, flush=True)
     for _ in range(3):
         gluon_fp16.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, None, out, tile, True, None)

@@ -20,6 +20,7 @@ that finds no set large enough runs one program per tile instead, and says so on
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import replace
@@ -37,6 +38,8 @@ _BUFFERS: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers: graphs captured earlier may still point at them
 _MIN_SEMAPHORES = 1 << 16
 _MIN_PARTIALS = 1 << 22  # fp32 elements (16 MiB): the Llama-3.1 tables' largest need is 2.6 M
+# ... and stream-K's: two partial tiles per program, one program per SM, tiles of up to 128 x 256.
+STREAM_TILE_ELEMS = 128 * 256
 _warned_capture = False
 
 
@@ -83,6 +86,26 @@ def split_buffers(x2d: torch.Tensor, tiles: int, split_k: int, tile_elems: int,
     return 1, unused, unused
 
 
+def stream_buffers(x2d: torch.Tensor, tiles: int, steps: int, tile_elems: int,
+                   unused: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(programs, partials workspace, semaphores) for a stream-K launch over ``tiles`` output tiles of
+    ``steps`` K steps: one program per SM (none idle: at most one per step), two partial tiles each;
+    0 programs (and ``unused`` twice) where a capture finds no buffers."""
+    programs = min(sm_count(x2d.device), tiles * steps)
+    got = buffers(x2d.device, tiles, programs * 2 * tile_elems)
+    return (programs, *got) if got is not None else (0, unused, unused)
+
+
+@functools.cache
+def _sm_count(device_type: str, index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count if device_type == "cuda" else 4
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's SMs (4 for CPU tensors under the interpreter): stream-K's program count."""
+    return _sm_count(*_key(device))
+
+
 def launch_buffers(x2d: torch.Tensor, tiles: int, cfg: TileConfig,
                    unused: torch.Tensor) -> tuple[TileConfig, torch.Tensor, torch.Tensor]:
     """``split_buffers`` for a Triton GEMM's tile config, with its split-K turned off where it cannot split."""
@@ -91,8 +114,9 @@ def launch_buffers(x2d: torch.Tensor, tiles: int, cfg: TileConfig,
 
 
 def reserve(device: torch.device) -> None:
-    """Allocate the device's buffers now (outside any capture), at their minimum size."""
-    buffers(device, 0, 0)
+    """Allocate the device's buffers now (outside any capture), large enough for any split-K tile of the
+    tables and for stream-K on every SM."""
+    buffers(device, 0, sm_count(device) * 2 * STREAM_TILE_ELEMS)
 
 
 def semaphores(device: torch.device) -> torch.Tensor | None:

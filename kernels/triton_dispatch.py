@@ -19,8 +19,8 @@ Two ways to pick the precision:
 - **On the host** (``HOST_PICK``, every eager call whose mode tensor has a live host mirror,
   ``kernels.mode_state.host_mode``, kept by ``set_host_mode`` / vLLM's ``precision.set_mode``): one
   path runs. FP16: the FP16 GEMM alone; from ``LARGE_M_THRESHOLD`` up a merge pass into an N x K
-  temporary + cuBLAS (``F.linear``), faster there than the fused GEMM (docs/BENCHMARKS.md,
-  "Kernels v2"). FP8: the FP8 GEMM with its quantization; from ``LARGE_M_THRESHOLD`` up,
+  temporary + cuBLAS (``F.linear``), faster there than the Triton GEMM (docs/BENCHMARKS.md,
+  "Kernels v2"), and than the Gluon one from the M the H200 table gives per shape (``fp16_on_cublas``). FP8: the FP8 GEMM with its quantization; from ``LARGE_M_THRESHOLD`` up,
   quantization + cuBLASLt's FP8 GEMM on the upper plane as stored (``kernels.cublaslt_fp8``)
   where cuBLASLt takes the shape. Why: an eager call is enqueued by Python, and on the H200 box
   that host work outlasted the GPU work of small-M calls (docs/BENCHMARKS.md, "Kernels v4");
@@ -61,6 +61,7 @@ from kernels.tuning import (
     get_config,
     gluon_fp8_config,
     gluon_tile,
+    merge_from,
 )
 
 HOST_PICK = True  # eager calls with a host mirror pick the precision on the host (module docstring)
@@ -131,7 +132,7 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
     eager = not (x2d.is_cuda and torch.cuda.is_current_stream_capturing())
     name = host_mode(mode) if host_pick and eager else None
     out = None
-    if name == "fp16" and m >= LARGE_M_THRESHOLD:  # exactly the reference: F.linear on the merged weight
+    if name == "fp16" and fp16_on_cublas(x2d, upper, lower):  # exactly the reference: F.linear on the merged weight
         out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
     elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
         out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias)  # None if torch refused
@@ -148,6 +149,17 @@ def conditional(x2d: torch.Tensor) -> bool:
     """Whether a capture of this call holds a conditional node (module docstring)."""
     return (USE_CONDITIONAL and x2d.is_cuda and x2d.shape[0] < LARGE_M_THRESHOLD
             and cuda_conditional.available(x2d.device.index or 0))
+
+
+def fp16_on_cublas(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> bool:
+    """FP16 mode's eager GEMM is merge + cuBLAS for this call: from ``LARGE_M_THRESHOLD`` up, except below
+    the M from which the H200 sweep measured it faster than the Gluon kernel for this shape
+    (``tuning.merge_from``), where that kernel runs."""
+    m = x2d.shape[0]
+    if m < LARGE_M_THRESHOLD:
+        return False
+    start = merge_from(upper.shape[0], x2d.shape[1])
+    return start is None or m >= start or use_gluon(x2d, upper, lower) is None
 
 
 def fp8_on_cublaslt(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
@@ -217,7 +229,7 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     quant = None
     g8 = use_gluon_fp8(x2d, upper) if name is None else None
     if name is None and g8 is None:
-        programs = (cdiv(n, tile[0]) * cdiv(m, tile[1]) * (tile[4] if len(tile) > 4 else 1) if tile
+        programs = (gluon_fp16.programs(tile, m, n, k, x2d.device) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.

@@ -86,7 +86,7 @@ def heuristic_config(kind: str, n: int, k: int, m: int) -> TileConfig:
 def _load(path: Path, key: str) -> dict:
     """A committed table's entries, read once; empty if the file is missing."""
     try:
-        return json.loads(path.read_text())[key]
+        return json.loads(path.read_text()).get(key, {})
     except FileNotFoundError:
         return {}
 
@@ -116,6 +116,7 @@ def lookup(configs: dict, kind: str, n: int, k: int, m: int) -> TileConfig | Non
 
 
 GluonTile = tuple[int, ...]  # block_w (weight rows), block_t (tokens), block_k, stages[, split_k]
+STREAM_K = 0  # a GluonTile's split_k for stream-K: one program per SM, K steps of all tiles split evenly
 
 
 def gluon_heuristic_tile(m: int) -> GluonTile:
@@ -161,6 +162,13 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
     return tuple(entry) if entry else None
 
 
+@functools.cache
+def merge_from(n: int, k: int) -> int | None:
+    """The M from which the op's eager FP16 path is merge + cuBLAS rather than the Gluon kernel, as the H200
+    sweep measured it for (N, K) (``write_gluon_table``); None for shapes it lacks."""
+    return _load(GLUON_TABLE_PATH, "merge_from").get(f"{n}x{k}")
+
+
 GluonFp8Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, split_k
 
 
@@ -187,11 +195,11 @@ def write_gluon_fp8_table(sweep_json: str, out_path: str = str(GLUON_FP8_TABLE_P
     return _write_table(out_path, sweep_json, res["meta"], "--gluon-fp8-table SWEEP_JSON", "configs", configs)
 
 
-def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, entries: dict) -> dict:
+def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, entries: dict, **extra) -> dict:
     """A Gluon table with its provenance (the measuring run's file, device, date, Triton), one line per entry
-    (indent=1 would spread each list of numbers over several lines)."""
+    (indent=1 would spread each list of numbers over several lines); ``extra``: more top-level keys."""
     table = {"source": Path(source).name, "device": meta["device"], "date": meta["date"], "triton": meta["triton"],
-             "command": f"python -m kernels.tuning {option}", key: entries}
+             "command": f"python -m kernels.tuning {option}", key: entries, **extra}
     text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
     Path(out_path).write_text(text + "\n")
     return table
@@ -199,8 +207,9 @@ def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, 
 
 def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), update: bool = False) -> dict:
     """The fastest checked tile per (N, K, M) from ``python -m kernels.gluon_check``'s JSON, or
-    null where the shipped op ran the Triton FP16 kernel and was faster in the same run. ``update``:
-    entries of the table at ``out_path`` for (N, K, M) the JSON did not time stay (a sweep of some M).
+    null where the shipped op ran the Triton FP16 kernel and was faster in the same run; per (N, K), the M
+    from which merge + cuBLAS was faster (``merge_from``, where the run timed it). ``update``: entries of the
+    table at ``out_path`` for (N, K, M) the JSON did not time stay (a sweep of some M).
 
     Where the shipped op itself ran a Gluon tile, its time says nothing about the Triton kernel, so
     the fastest tile stays. Which kernel shipped: the row's ``shipped_gluon``; in JSON from before
@@ -211,6 +220,7 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
 
     res = json.loads(Path(check_json).read_text())
     tiles: dict = {}
+    merge = _merge_from(res["rows"])
     for r in res["rows"]:
         if "best_cfg" in r:
             if "shipped_gluon" in r:
@@ -225,7 +235,28 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
         for shape, entries in _load(Path(out_path), "tiles").items():
             merged = {**entries, **tiles.get(shape, {})}
             tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
-    return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles)
+        merge = {**_load(Path(out_path), "merge_from"), **merge}
+    return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles, merge_from=merge)
+
+
+def _merge_from(rows: list[dict]) -> dict:
+    """Per (N, K) of a gluon_check run that timed merge + cuBLAS (``merge_cublas_us``): the smallest timed M
+    from which it beat the fastest Gluon tile at every larger timed M; past the largest timed M if the Gluon
+    kernel won there (beyond what was measured, merge + cuBLAS as before)."""
+    timed: dict = {}
+    for r in rows:
+        if "merge_cublas_us" in r and "best_us" in r:
+            timed.setdefault(f"{r['n']}x{r['k']}", []).append((r["m"], r["merge_cublas_us"] < r["best_us"]))
+    out = {}
+    for shape, wins in timed.items():
+        wins.sort()
+        start = wins[-1][0] + 1
+        for m, merge_won in reversed(wins):
+            if not merge_won:
+                break
+            start = m
+        out[shape] = start
+    return out
 
 
 def split_choices(n: int, k: int, m: int, cfg: TileConfig) -> list[int]:

@@ -50,9 +50,21 @@ def test_split_k_variants_are_timed_only_where_the_grid_leaves_half_the_sms_idle
     configs = gluon_check.with_splits([(64, 64, 128, 5), (128, 64, 64, 4), (64, 256, 64, 5)])
     # Split variants only for the 64-row tile of <= 128 tokens (the ones compiled without spills).
     assert (64, 64, 128, 5, 2) in configs and (64, 64, 128, 5, 4) in configs
-    assert not any(len(c) > 4 and c[:4] in ((128, 64, 64, 4), (64, 256, 64, 5)) for c in configs)
+    assert not any(len(c) > 4 and c[4] > 1 and c[:4] in ((128, 64, 64, 4), (64, 256, 64, 5)) for c in configs)
     # 8B.o (N = 4096) at M = 64: 64 tiles on 132 SMs, so split 2 (128 programs) is timed, split 4 is not.
     got = gluon_check.configs_for(64, configs, 4096, 132)
     assert (64, 64, 128, 5, 2) in got and (64, 64, 128, 5, 4) not in got and (64, 64, 128, 5) in got
     # 70B.gate_up (N = 57344): 896 tiles already; no split variant.
-    assert all(len(c) == 4 for c in gluon_check.configs_for(64, configs, 57344, 132))
+    assert all(len(c) == 4 or c[4] == 0 for c in gluon_check.configs_for(64, configs, 57344, 132))
+
+
+def test_stream_k_variants_are_timed_only_where_the_grid_fills_its_waves_badly():
+    configs = gluon_check.with_splits([(64, 256, 64, 5), (128, 256, 64, 4)])
+    assert (64, 256, 64, 5, 0) in configs and (128, 256, 64, 4, 0) in configs  # 0: tuning.STREAM_K
+    # 8B.qkv (N = 6144) at M = 256: 96 tiles of 64 rows (0.73 of a wave), 48 of 128 (0.36): both timed.
+    got = gluon_check.configs_for(256, configs, 6144, 132)
+    assert (64, 256, 64, 5, 0) in got and (128, 256, 64, 4, 0) in got
+    # 70B.o (N = 8192): 128 tiles of 64 rows fill 0.97 of a wave, so only the 128-row tile gets stream-K.
+    got = gluon_check.configs_for(256, configs, 8192, 132)
+    assert (64, 256, 64, 5, 0) not in got and (128, 256, 64, 4, 0) in got
+    assert gluon_check.configs_for(256, configs) == [(64, 256, 64, 5), (128, 256, 64, 4)]  # no N: no variants

@@ -89,6 +89,45 @@ def test_table_writer_puts_the_triton_kernel_only_where_it_shipped_and_won(tmp_p
     assert json.loads(out.read_text())["tiles"] == table["tiles"]
 
 
+def test_table_records_from_which_m_merge_and_cublas_beat_the_gluon_kernel(tmp_path):
+    """``merge_from``: the smallest timed M from which merge + cuBLAS won at every larger timed M (a win
+    between Gluon wins does not count); past the largest timed M where Gluon won there; kept on --update
+    for shapes the run did not time."""
+    row = dict(shape="s", k=512, best_cfg=[128, 256, 64, 4], shipped_us=9.0, shipped_gluon=[128, 256, 64, 4])
+    rows = [dict(row, n=256, m=512, merge_cublas_us=9.0, best_us=10.0),  # merge won, then lost at 1024
+            dict(row, n=256, m=1024, merge_cublas_us=11.0, best_us=10.0),
+            dict(row, n=256, m=4096, merge_cublas_us=9.0, best_us=10.0),
+            dict(row, n=512, m=512, merge_cublas_us=11.0, best_us=10.0),
+            dict(row, n=512, m=4096, merge_cublas_us=11.0, best_us=10.0)]
+    out = tmp_path / "table.json"
+    table = tuning.write_gluon_table(_check_json(tmp_path, rows), str(out))
+    assert table["merge_from"] == {"256x512": 4096, "512x512": 4097}
+    out.write_text(json.dumps(dict(tiles={}, merge_from={"1024x512": 2048, "256x512": 512})))
+    table = tuning.write_gluon_table(_check_json(tmp_path, rows[:3]), str(out), update=True)
+    assert table["merge_from"] == {"1024x512": 2048, "256x512": 4096}
+
+
+@pytest.mark.parametrize("m,table_m,gluon,merge", [
+    (512, 4096, True, False),  # below LARGE_M_THRESHOLD: never
+    (2048, 4096, True, False),  # the table measured the Gluon kernel faster here
+    (4096, 4096, True, True),
+    (2048, 4096, False, True),  # no Gluon kernel for this call: the Triton kernel lost to merge + cuBLAS
+    (2048, None, True, True),  # a shape the table lacks: merge + cuBLAS from the threshold, as before
+])
+def test_eager_fp16_at_large_m_takes_merge_and_cublas_from_the_tables_m(monkeypatch, m, table_m, gluon, merge):
+    monkeypatch.setattr(triton_dispatch, "merge_from", lambda n, k: table_m)
+    monkeypatch.setattr(triton_dispatch, "use_gluon", lambda x, u, lo: (128, 256, 64, 4) if gluon else None)
+    x = torch.empty(m, 64, dtype=torch.float16)
+    assert triton_dispatch.fp16_on_cublas(x, torch.empty(128, 64, dtype=torch.uint8), None) is merge
+
+
+def test_committed_table_merges_from_a_measured_m_for_every_shape():
+    table = json.loads(tuning.GLUON_TABLE_PATH.read_text())
+    for shape, entries in table["tiles"].items():
+        start = table["merge_from"][shape]
+        assert str(start) in entries or start == max(map(int, entries)) + 1, (shape, start)
+
+
 def test_every_table_tile_is_a_valid_config():
     for shape, entries in tuning._gluon_table().items():
         for m, tile in entries.items():
@@ -199,3 +238,59 @@ def test_split_k_sums_every_slice_and_resets_its_counters(split):
         torch.cuda.synchronize()
         assert rel_err(out, nested_linear(x, nw, "fp16")) < 2e-3
         assert int(split_k.semaphores(torch.device("cuda")).abs().sum()) == 0
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,n,k,tile", [
+    (33, 1000, 1040, (64, 64, 64, 4, tuning.STREAM_K)),  # 16 tiles x 17 steps on all SMs: ~2 steps a program
+    (300, 3000, 2048, (128, 256, 64, 3, tuning.STREAM_K)),  # 48 tiles of 32 steps: pieces of 1-2 tiles
+    (7, 200, 64, (64, 16, 64, 4, tuning.STREAM_K)),  # 4 steps in all: 4 programs, each one whole tile
+])
+def test_stream_k_sums_every_piece_and_resets_its_counters(m, n, k, tile):
+    """Stream-K: one program per SM over all tiles' K steps; tiles split between programs are summed by
+    the last to arrive, which leaves the counters at zero for the next launch (and graph replay)."""
+    from kernels import split_k
+    from kernels.ops import new_mode_tensor
+
+    split_k.reserve(torch.device("cuda"))
+    assert G.programs(tile, m, n, k, torch.device("cuda")) == min(split_k.sm_count(torch.device("cuda")),
+                                                                  -(-n // tile[0]) * -(-m // tile[1]) * -(-k // 64))
+    nw = nested_weights(n, k, amax=5.0)
+    x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    mode = new_mode_tensor("cuda", "fp16")
+    ref = nested_linear(x, nw, "fp16", bias)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    run = lambda: G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, bias, out, tile)  # noqa: E731
+    for _ in range(2):
+        out.fill_(float("nan"))
+        run()
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < 8e-3
+        assert int(split_k.semaphores(torch.device("cuda")).abs().sum()) == 0
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(2):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < 8e-3
+
+
+@needs_hopper
+def test_stream_k_launch_quantizes_x_in_fp8_mode():
+    """In FP8 mode a stream-K launch (one program per SM) quantizes every row, as the other grids do."""
+    from kernels.ops import new_mode_tensor
+    from kernels.triton_fp8 import act_quant
+
+    m, k = 300, 4000
+    nw = nested_weights(256, k)
+    x = torch.randn(m, k, device="cuda").half() * 3
+    mode = new_mode_tensor("cuda", "fp8")
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device="cuda")
+    s = torch.full((m,), float("nan"), device="cuda")
+    G.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, 0, tile=(64, 64, 64, 4, tuning.STREAM_K), quant_out=(q, s))
+    q_ref, s_ref = act_quant(x, mode)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
