@@ -24,9 +24,11 @@ took them from 0.85-0.91 to 0.95-0.96 of cuBLAS at M = 1 and 16 in CUDA graphs (
 
 Stream-K (fifth element ``STREAM_K``, 0): one program per SM, each over an equal share of the K steps of
 all output tiles, taken in tile order across tile borders; a tile one program covers is stored at once,
-the pieces of one split between programs are summed by the last to arrive (``common.stream_k_sum``). It is
-for grids that fill their last wave badly: at M = 256, 64 x 256 tiles give 8B.qkv 96 programs on 132 SMs
-(0.73 of a wave; docs/BENCHMARKS.md, "Where FP16 loses at M = 256").
+the pieces of one split between programs are summed by the last to arrive (``common.stream_k_sum``). It was
+built for grids that fill their last wave badly (at M = 256, 64 x 256 tiles give 8B.qkv 96 programs on 132
+SMs: docs/BENCHMARKS.md, "Where FP16 loses at M = 256"), but on the H200 it did not speed those up: with
+every SM reading a different x tile, L2 looks like the limit ("Kernels v8"). The table picks it in 5 cells,
+within 1.3% of the best other tile.
 
 Mode: the kernel reads the one-element int32 ``mode`` on the device, before the partitions
 fork, and exits unless it is 0 (FP16), like the other NestedFP16 kernels.
@@ -169,9 +171,9 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr
 def _load_partition_sk(x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, M, N, start, end, steps,
                        STAGES: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
                        GROUP: gl.constexpr):
-    """``_load_partition`` over a stream-K range: global K steps start .. end - 1, across tile borders. The
-    tile's offsets are worked out once per tile: their integer divisions, once per step, made this one
-    warp slower than the MMAs it feeds."""
+    """``_load_partition`` over a stream-K range: global K steps start .. end - 1, across tile borders. Each
+    tile's offsets are worked out once (their integer divisions on every step made the loop 149 SASS
+    instructions against the plain producer's 40; the H200 timed no difference, but the loop is as short)."""
     nbytes: gl.constexpr = x_desc.block_type.nbytes + u_desc.block_type.nbytes + l_desc.block_type.nbytes
     for tile in range(start // steps, (end - 1) // steps + 1):
         off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
@@ -360,11 +362,11 @@ def nested_fp16_gemm_rs(
     q, s = quant_out if quant_out is not None else (out, out)
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
     split_k = tile[4] if len(tile) > 4 else 1
-    programs = 0
+    stream_programs = 0
     if split_k == STREAM_K:
-        programs, ws, sem = stream_buffers(x2d, tiles, cdiv(k, block_k), block_w * block_t, out)
-        split_k = 1  # without buffers (programs == 0): one program per tile
-    if not programs:
+        stream_programs, ws, sem = stream_buffers(x2d, tiles, cdiv(k, block_k), block_w * block_t, out)
+        split_k = 1  # without buffers (0 programs): one program per tile
+    if not stream_programs:
         split_k, ws, sem = split_buffers(x2d, tiles, split_k, block_w * block_t, out)
     num_warps = block_w // 16
     # Quantizing: rows up to 64 values a thread are read once (quantize_block); else no matter.
@@ -373,12 +375,12 @@ def nested_fp16_gemm_rs(
             0 if bias is None else bias.data_ptr() & 15, q.dtype, q.data_ptr() & 15, s.data_ptr() & 15,
             n & 15, k & 15, so & 15, sx & 15, n == 1, ws.data_ptr() & 15, sem.data_ptr() & 15)
     launch(
-        nested_fp16_rs_kernel, programs or tiles * split_k,
+        nested_fp16_rs_kernel, stream_programs or tiles * split_k,
         (*descs, out, bias if bias is not None else out, mode, x2d, q, s, ws, sem, m, n, k, so, sx,
          2.0**scale_exp),
         dict(HAS_BIAS=bias is not None, QUANT=quant_out is not None, BLOCK_W=block_w, BLOCK_T=block_t,
              BLOCK_K=block_k, STAGES=stages, GROUP=8, NUM_WARPS=num_warps, QBLOCK=qblock, SPLIT_K=split_k,
-             STREAM=programs > 0),
+             STREAM=stream_programs > 0),
         num_warps, 1, spec,
     )
     return out
