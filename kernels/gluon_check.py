@@ -8,8 +8,8 @@ pre-scale + bf16, mode = 1 leaves ``out`` untouched. Timing: CUDA-graph replays 
 ``triton.testing.do_bench`` (median, L2 flushed before each replay) of cuBLAS FP16, the shipped op
 (``nested_linear_cuda`` in FP16 mode), from M = 512 merge + cuBLAS (the op's eager alternative; the
 table's ``merge_from`` comes from it) and every config (with split-K and stream-K variants where the
-grid is small: ``configs_for``); each config is checked on the case before it is timed. ``kernels.gluon_fp8``'s sweep times its configs with the same helpers (``bench_us``,
-``time_configs``).
+grid is small: ``configs_for``); each config is checked on the case before it is timed.
+``kernels.gluon_fp8``'s sweep times its configs with the same helpers (``bench_us``, ``time_configs``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import triton
 
 from kernels import gluon_fp16 as G
 from kernels.bench import graphed, make_weight, rel_err
+from kernels.fast_launch import cdiv
 from kernels.tuning import LLAMA_SHAPES, STREAM_K, token_cap
 
 Config = tuple[int, ...]  # block_w, block_t, block_k, stages[, split_k]
@@ -95,23 +96,24 @@ def with_splits(configs: list[Config]) -> list[Config]:
 
 def wave_fill(tiles: int, sms: int) -> float:
     """How full a grid of one program per tile keeps the SMs over its waves (1.0: every wave full)."""
-    return tiles / (-(-tiles // sms) * sms)
+    return tiles / (cdiv(tiles, sms) * sms)
 
 
 def configs_for(m: int, configs: list[Config], n: int | None = None, sms: int = 132) -> list[Config]:
     """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste);
     given ``n``, split-K variants only where the unsplit grid leaves at least half the SMs idle, stream-K
     variants only where its waves are less than ``STREAM_K_MAX_FILL`` full."""
-    out = []
-    for c in configs:
+    def wanted(c: Config) -> bool:
         if c[1] > token_cap(m):
-            continue
-        if len(c) > 4:
-            tiles = -(-n // c[0]) * -(-m // c[1]) if n is not None else 0
-            if n is None or (wave_fill(tiles, sms) >= STREAM_K_MAX_FILL if c[4] == STREAM_K else tiles * c[4] > sms):
-                continue
-        out.append(c)
-    return out
+            return False
+        if len(c) == 4:
+            return True
+        if n is None:
+            return False
+        tiles = cdiv(n, c[0]) * cdiv(m, c[1])
+        return wave_fill(tiles, sms) < STREAM_K_MAX_FILL if c[4] == STREAM_K else tiles * c[4] <= sms
+
+    return [c for c in configs if wanted(c)]
 
 
 def run(x, nw, mode, c: Config, bias=None, out=None):

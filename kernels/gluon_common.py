@@ -35,10 +35,9 @@ except Exception as e:  # noqa: BLE001 - any failure means "no Gluon here", repo
 
 __all__ = ["IMPORT_ERROR", "LOAD_REGS", "LOAD_WARPS", "SMEM_LIMIT", "GluonUnavailable", "available", "check_launch",
            "claim_slot", "const", "fence_async_shared", "gdc_launch_dependents", "gdc_wait", "gl", "gluon",
-           "grouped_tile", "jit", "mbarrier",
-           "ring_barriers", "smem_layout", "store_transposed", "stream_k_sum", "stream_owner",
-           "stream_range", "tile_problem", "tma", "tma_ok", "warpgroup_mma",
-           "warpgroup_mma_wait"]
+           "grouped_tile", "jit", "mbarrier", "ring_barriers", "smem_layout", "split_k_sum", "split_tile",
+           "store_transposed", "stream_k_sum", "stream_owner", "stream_range", "stream_start", "tile_problem", "tma",
+           "tma_ok", "warpgroup_mma", "warpgroup_mma_wait"]
 
 SMEM_LIMIT = 232448  # H200 (sm_90): 227 KiB of shared memory per block
 
@@ -131,6 +130,15 @@ def claim_slot(ready, empty, i, STAGES: gl.constexpr, nbytes: gl.constexpr):
 
 
 @jit
+def _tile_offsets(acc_layout: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr):
+    """Row-major offsets of a [BLOCK_W, BLOCK_T] fp32 partial tile in the accumulator's layout: each thread
+    writes and later reads back its own elements."""
+    r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
+    c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
+    return r[:, None] * BLOCK_T + c[None, :]
+
+
+@jit
 def split_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, pid_k, SPLIT_K: gl.constexpr,
                 BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr):
     """``kernels.split_k.reduce_partials`` in Gluon: publish this program's partial tile, then a barrier
@@ -138,9 +146,7 @@ def split_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, pid_k, SPL
     all partials, whether this program arrived last). The last one resets the counter; only its sum is
     complete."""
     TILE: gl.constexpr = BLOCK_W * BLOCK_T
-    r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
-    c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
-    offs = r[:, None] * BLOCK_T + c[None, :]
+    offs = _tile_offsets(acc_layout, BLOCK_W, BLOCK_T)
     tile_ws = ws_ptr + tile.to(gl.int64) * (SPLIT_K * TILE)
     gl.store(tile_ws + pid_k * TILE + offs, acc)
     gl.thread_barrier()
@@ -155,14 +161,19 @@ def split_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, pid_k, SPL
 
 
 @jit
+def stream_start(p, work):
+    """Stream-K: the first of the ``work`` K steps of all output tiles (tile t's steps are t * steps ...
+    (t + 1) * steps - 1) that program ``p`` takes; the steps are cut evenly over the programs."""
+    return (p.to(gl.int64) * work // gl.num_programs(0)).to(gl.int32)
+
+
+@jit
 def stream_range(tiles, steps):
-    """Stream-K: this program's [start, end) of the ``tiles * steps`` K steps of all output tiles (tile t's
-    steps are t * steps ... (t + 1) * steps - 1), cut evenly over the programs. The host launches at most
-    one program per step, so none is empty."""
+    """Stream-K: this program's [start, end) of the ``tiles * steps`` K steps (``stream_start``). The host
+    launches at most one program per step, so none is empty."""
     work = tiles.to(gl.int64) * steps
-    p = gl.program_id(0).to(gl.int64)
-    nprog = gl.num_programs(0)
-    return (p * work // nprog).to(gl.int32), ((p + 1) * work // nprog).to(gl.int32)
+    p = gl.program_id(0)
+    return stream_start(p, work), stream_start(p + 1, work)
 
 
 @jit
@@ -180,9 +191,7 @@ def stream_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, start, st
     (the sum of the tile's pieces in program order, whether this program arrived last); the last resets
     the tile's counter."""
     TILE: gl.constexpr = BLOCK_W * BLOCK_T
-    r = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, acc_layout))
-    c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, acc_layout))
-    offs = r[:, None] * BLOCK_T + c[None, :]
+    offs = _tile_offsets(acc_layout, BLOCK_W, BLOCK_T)
     first_step = tile * steps
     slot = (start < first_step).to(gl.int32)
     gl.store(ws_ptr + (gl.program_id(0) * 2 + slot).to(gl.int64) * TILE + offs, acc)
@@ -193,9 +202,8 @@ def stream_k_sum(acc, acc_layout: gl.constexpr, ws_ptr, sem_ptr, tile, start, st
     last = arrived == pieces - 1
     total = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
     if last:
-        nprog = gl.num_programs(0).to(gl.int64)
         for q in range(first, first + pieces):  # program order: the same sum whichever program is last
-            q_slot = (q.to(gl.int64) * work // nprog < first_step).to(gl.int32)
+            q_slot = (stream_start(q, work) < first_step).to(gl.int32)
             total += gl.load(ws_ptr + (q * 2 + q_slot).to(gl.int64) * TILE + offs, cache_modifier=".cg")
         gl.store(sem_ptr + tile, 0)
     return total, last

@@ -40,7 +40,7 @@ import torch
 
 from kernels import gluon_common as common
 from kernels.fast_launch import TmaArg, cdiv, launch
-from kernels.split_k import sm_count, split_buffers, stream_buffers
+from kernels.split_k import split_buffers, stream_buffers, stream_programs
 from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE, prepare
 from kernels.tuning import STREAM_K
@@ -301,7 +301,7 @@ def programs(tile: tuple[int, ...], m: int, n: int, k: int, device: torch.device
     per SM, at most one per K step."""
     tiles = cdiv(n, tile[0]) * cdiv(m, tile[1])
     split = tile[4] if len(tile) > 4 else 1
-    return min(sm_count(device), tiles * cdiv(k, tile[2])) if split == STREAM_K else tiles * split
+    return stream_programs(device, tiles, cdiv(k, tile[2])) if split == STREAM_K else tiles * split
 
 
 def quantize_block(k: int, num_warps: int) -> int:

@@ -437,12 +437,13 @@ def sweep(shapes: dict, ms: tuple[int, ...], bad: set, rep_ms: int, budget_s: fl
                 r["vs_triton"] = r["triton_fp8_us"] / r["best_us"]
                 _time_op(r, x, xq, xs, nw, mode, cfg, out, ref, rep_ms)
             rows.append(r)
+            nan = float("nan")
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:4d} cuBLAS16 {r['cublas_us']:7.1f} tritonFP8 "
-                  f"{r['triton_fp8_us']:7.1f} cuBLASLt8 {r.get('cublaslt_fp8_us', float('nan')):7.1f} gluon "
-                  f"{r.get('best_us', float('nan')):7.1f} x{r.get('ratio', 0):.3f} (triton x"
+                  f"{r['triton_fp8_us']:7.1f} cuBLASLt8 {r.get('cublaslt_fp8_us', nan):7.1f} gluon "
+                  f"{r.get('best_us', nan):7.1f} x{r.get('ratio', 0):.3f} (triton x"
                   f"{r['triton_ratio']:.3f}) {r.get('best_cfg')} [{ok}/{len(configs)} ok]"
-                  f" | op: triton {r.get('op_triton_us', float('nan')):6.1f} gluon {r.get('op_gluon_us', float('nan')):6.1f}"
-                  f" pdl {r.get('op_gluon_pdl_us', float('nan')):6.1f} (err {r.get('op_gluon_pdl_rel_err', float('nan')):.1e})",
+                  f" | op: triton {r.get('op_triton_us', nan):6.1f} gluon {r.get('op_gluon_us', nan):6.1f}"
+                  f" pdl {r.get('op_gluon_pdl_us', nan):6.1f} (err {r.get('op_gluon_pdl_rel_err', nan):.1e})",
                   flush=True)
             write()
     return rows

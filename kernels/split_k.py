@@ -91,9 +91,14 @@ def stream_buffers(x2d: torch.Tensor, tiles: int, steps: int, tile_elems: int,
     """(programs, partials workspace, semaphores) for a stream-K launch over ``tiles`` output tiles of
     ``steps`` K steps: one program per SM (none idle: at most one per step), two partial tiles each;
     0 programs (and ``unused`` twice) where a capture finds no buffers."""
-    programs = min(sm_count(x2d.device), tiles * steps)
+    programs = stream_programs(x2d.device, tiles, steps)
     got = buffers(x2d.device, tiles, programs * 2 * tile_elems)
     return (programs, *got) if got is not None else (0, unused, unused)
+
+
+def stream_programs(device: torch.device, tiles: int, steps: int) -> int:
+    """A stream-K launch's programs: one per SM, at most one per K step (so none is idle)."""
+    return min(sm_count(device), tiles * steps)
 
 
 @functools.cache

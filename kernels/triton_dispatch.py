@@ -8,8 +8,8 @@ Two ways to pick the precision:
   quantizes the activations per token for the Triton FP8 GEMM instead of multiplying, so no launch is
   wasted there (at larger M the quantization gets its own program-per-row launch). No host ever
   reads the mode (no ``.item()``, no sync), so a CUDA graph captured once serves both modes, and
-  flipping the tensor takes effect at the next replay. The price is one empty launch per linear in FP16 mode, measured by
-  ``python -m kernels.bench``.
+  flipping the tensor takes effect at the next replay. The price is one empty launch per linear in
+  FP16 mode, measured by ``python -m kernels.bench``.
   Opt-in (``USE_CONDITIONAL``), where ``kernels.cuda_conditional`` works (a CUDA >= 12.8
   driver): a capture below ``LARGE_M_THRESHOLD`` holds instead a conditional node on the mode
   with each mode's eager launches as its two bodies: no idle launch, and FP8 mode can use
@@ -20,12 +20,12 @@ Two ways to pick the precision:
   ``kernels.mode_state.host_mode``, kept by ``set_host_mode`` / vLLM's ``precision.set_mode``): one
   path runs. FP16: the FP16 GEMM alone; from ``LARGE_M_THRESHOLD`` up a merge pass into an N x K
   temporary + cuBLAS (``F.linear``), faster there than the Triton GEMM (docs/BENCHMARKS.md,
-  "Kernels v2"), and than the Gluon one from the M the H200 table gives per shape (``fp16_on_cublas``). FP8: the FP8 GEMM with its quantization; from ``LARGE_M_THRESHOLD`` up,
-  quantization + cuBLASLt's FP8 GEMM on the upper plane as stored (``kernels.cublaslt_fp8``)
-  where cuBLASLt takes the shape. Why: an eager call is enqueued by Python, and on the H200 box
-  that host work outlasted the GPU work of small-M calls (docs/BENCHMARKS.md, "Kernels v4");
-  skipping the idle launch and its buffers cuts it. vLLM runs decode batches in CUDA graphs
-  (device pick) and prefill chunks eagerly (host pick).
+  "Kernels v2"), and than the Gluon one from the M the H200 table gives per shape (``fp16_on_cublas``).
+  FP8: the FP8 GEMM with its quantization; from ``LARGE_M_THRESHOLD`` up, quantization + cuBLASLt's FP8
+  GEMM on the upper plane as stored (``kernels.cublaslt_fp8``) where cuBLASLt takes the shape. Why: an
+  eager call is enqueued by Python, and on the H200 box that host work outlasted the GPU work of small-M
+  calls (docs/BENCHMARKS.md, "Kernels v4"); skipping the idle launch and its buffers cuts it. vLLM runs
+  decode batches in CUDA graphs (device pick) and prefill chunks eagerly (host pick).
 
 From M = ``GLUON_MIN_M`` up, on Hopper with Gluon, the FP16 launch is the Gluon kernel of
 ``kernels.gluon_fp16`` (register-fed wgmma) wherever the H200 table measured it faster than the
@@ -132,7 +132,7 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
     eager = not (x2d.is_cuda and torch.cuda.is_current_stream_capturing())
     name = host_mode(mode) if host_pick and eager else None
     out = None
-    if name == "fp16" and fp16_on_cublas(x2d, upper, lower):  # exactly the reference: F.linear on the merged weight
+    if name == "fp16" and fp16_on_cublas(x2d, upper, lower):  # the reference exactly: F.linear, merged weight
         out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
     elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
         out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias)  # None if torch refused

@@ -230,12 +230,13 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
             win = shipped_gluon or r["best_us"] < r["shipped_us"]
             tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
     option = "--gluon-table CHECK_JSON"
-    if update:
+    if update:  # read afresh: _load's cache may hold the table as it was before an earlier write
         option += " --update"
-        for shape, entries in _load(Path(out_path), "tiles").items():
+        old = json.loads(Path(out_path).read_text()) if Path(out_path).exists() else {}
+        for shape, entries in old.get("tiles", {}).items():
             merged = {**entries, **tiles.get(shape, {})}
             tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
-        merge = {**_load(Path(out_path), "merge_from"), **merge}
+        merge = {**old.get("merge_from", {}), **merge}
     return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles, merge_from=merge)
 
 
