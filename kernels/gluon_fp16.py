@@ -136,6 +136,24 @@ def _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, i0, STAGES: gl.const
 
 
 @common.jit
+def _mma_range(x_bufs, u_bufs, l_bufs, ready, empty, i0, n, STAGES: gl.constexpr, acc_layout: gl.constexpr,
+               a_layout: gl.constexpr, word_layout: gl.constexpr):
+    """Ring steps i0 .. i0 + n - 1 into one output tile's accumulator; returns it with every MMA retired.
+    Unrolled by two: a rolled loop would write the same (virtual) A registers while the previous step's
+    MMA still reads them, and ptxas would serialize every MMA."""
+    BLOCK_W: gl.constexpr = u_bufs.shape[1]
+    BLOCK_T: gl.constexpr = x_bufs.shape[1]
+    acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
+    for j in range(n // 2):
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j, i0, STAGES, a_layout, word_layout)
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j + 1, i0, STAGES, a_layout,
+                        word_layout)
+    if n % 2:
+        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + n - 1, i0, STAGES, a_layout, word_layout)
+    return warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+
+@common.jit
 def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, stride_ym, off_w,
                    off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr,
                    BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
@@ -145,17 +163,7 @@ def _mma_partition(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr
                                                          instr_shape=[16, BLOCK_T, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     word_layout: gl.constexpr = _word_layout(NUM_WARPS, u_bufs.shape[2])
-    acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
-    # Unrolled by two: a rolled loop would write the same (virtual) A registers while the
-    # previous step's MMA still reads them, and ptxas would serialize every MMA.
-    for j in range(k_tiles // 2):
-        i = 2 * j
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i, 0, STAGES, a_layout, word_layout)
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i + 1, 0, STAGES, a_layout, word_layout)
-    if k_tiles % 2:
-        acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, k_tiles - 1, 0, STAGES, a_layout,
-                           word_layout)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    acc = _mma_range(x_bufs, u_bufs, l_bufs, ready, empty, 0, k_tiles, STAGES, acc_layout, a_layout, word_layout)
 
     if SPLIT_K == 1:
         common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
@@ -202,14 +210,7 @@ def _mma_partition_sk(x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_
         lo = gl.maximum(start, tile * steps)
         n = gl.minimum(end, tile * steps + steps) - lo
         i0 = lo - start  # the ring's step count runs on across tiles
-        acc = gl.zeros([BLOCK_W, BLOCK_T], gl.float32, acc_layout)
-        for j in range(n // 2):  # unrolled by two, as in _mma_partition
-            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j, i0, STAGES, a_layout, word_layout)
-            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + 2 * j + 1, i0, STAGES, a_layout,
-                            word_layout)
-        if n % 2:
-            acc = _mma_step(x_bufs, u_bufs, l_bufs, ready, empty, acc, i0 + n - 1, i0, STAGES, a_layout, word_layout)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc = _mma_range(x_bufs, u_bufs, l_bufs, ready, empty, i0, n, STAGES, acc_layout, a_layout, word_layout)
         off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
         if n == steps:
             common.store_transposed(acc * out_scale, acc_layout, y_ptr, bias_ptr, M, N, stride_ym, off_w, off_t,
