@@ -1,6 +1,9 @@
 """Three scheduling variants of the Gluon NestedFP16 kernel against its table's tile, on the H200 (diagnostic).
 
-Run from the repository root, D=docs/benchmarks/2026-11-22-h200-gluon-schedules:
+Run from the repository root, D=docs/benchmarks/2026-11-22-h200-gluon-schedules, on the kernel the runs used
+(the patches are against it; a later commit moved the K-step loop into ``_mma_range``):
+
+    git checkout 444a0c4 -- kernels/gluon_fp16.py kernels/gluon_sass.py
 
     PYTHONPATH=$PWD python3 $D/variants.py maxnreg OUT.json 64,256,1024
     patch -p1 < $D/depth.patch && PYTHONPATH=$PWD python3 $D/variants.py depth OUT.json 64,256,1024
