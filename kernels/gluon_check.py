@@ -30,6 +30,7 @@ import triton
 from kernels import gluon_fp16 as G
 from kernels.bench import graphed, make_weight, rel_err
 from kernels.fast_launch import cdiv
+from kernels.split_k import sm_count
 from kernels.tuning import LLAMA_SHAPES, STREAM_K, token_cap
 
 Config = tuple[int, ...]  # block_w, block_t, block_k, stages[, split_k]
@@ -184,8 +185,8 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
                                                 rep_ms)
             shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
             r["shipped_gluon"] = list(shipped) if shipped else None
-            ok = time_configs(r, configs_for(m, configs, n), functools.partial(run, x, nw, mode, out=out), out, ref,
-                              TOL, rep_ms)
+            timed = configs_for(m, configs, n, sm_count(x.device))
+            ok = time_configs(r, timed, functools.partial(run, x, nw, mode, out=out), out, ref, TOL, rep_ms)
             rows.append(r)
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:5d} cuBLAS {r['cublas_us']:8.1f} shipped "
                   f"{r['shipped_us']:8.1f} rs {r.get('best_us', float('nan')):8.1f} x{r.get('ratio', 0):.3f} "
