@@ -40,6 +40,12 @@ quantization; on the host, ``act_quant`` then the GEMM. Each PDL launch waits fo
 so stream order holds for whatever follows. In a graph that is three launches in FP16 mode, two of them
 idle and overlapped (the engine's FP16 throughput did not move: docs/BENCHMARKS.md, "Engine v7").
 ``NESTEDFP_GLUON_FP8=0`` / ``NESTEDFP_PDL=0`` turn the kernel / the dependent launches off.
+
+On the device pick, where the two Gluon configs pair (``gluon_dual.pairable``: the same weight rows and
+the same grid), the launches are two: ``act_quant`` (idle in FP16 mode), then ``kernels.gluon_dual``'s
+kernel, which runs either mode's GEMM as its dependent. On the H200 that made FP8 mode 2-3% faster in
+graphs at M <= 128 and left FP16 mode as it was (docs/BENCHMARKS.md, "Idle launches in CUDA graphs").
+``NESTEDFP_DUAL=0`` keeps three.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import cublaslt_fp8, cuda_conditional, gluon_common, gluon_fp8, gluon_fp16
+from kernels import cublaslt_fp8, cuda_conditional, gluon_common, gluon_dual, gluon_fp8, gluon_fp16
 from kernels.fast_launch import cdiv
 from kernels.mode_state import host_mode
 from kernels.triton_fp8 import _check_operands, act_quant, nested_fp8_gemm
@@ -73,6 +79,9 @@ USE_GLUON = os.environ.get("NESTEDFP_GLUON", "1") != "0"
 # launched as a programmatic dependent of the launch that quantizes x (NESTEDFP_PDL=0: plain launches).
 USE_GLUON_FP8 = os.environ.get("NESTEDFP_GLUON_FP8", "1") != "0"
 USE_PDL = os.environ.get("NESTEDFP_PDL", "1") != "0"
+# On the device pick, where both Gluon tables give a tile of the same weight rows, one launch holds both GEMMs
+# (kernels.gluon_dual), after act_quant: two launches instead of three (NESTEDFP_DUAL=0: three).
+USE_DUAL = USE_PDL and os.environ.get("NESTEDFP_DUAL", "1") != "0"
 # Captures hold a conditional node per op: opt-in (NESTEDFP_CONDITIONAL=1), since on the H200 the node
 # cost about 7 us per op, more than it saved (docs/BENCHMARKS.md, "Conditional graph nodes").
 USE_CONDITIONAL = os.environ.get("NESTEDFP_CONDITIONAL", "0") == "1"
@@ -228,6 +237,10 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     cfg16 = None if tile else get_config("fp16", n, k, m)
     quant = None
     g8 = use_gluon_fp8(x2d, upper) if name is None else None
+    if name is None and USE_DUAL and gluon_dual.pairable(tile, g8, m):  # two launches, one of them idle and brief
+        quant = act_quant(x2d, mode)
+        gluon_dual.nested_dual_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, quant, tile, g8)
+        return
     if name is None and g8 is None:
         programs = (gluon_fp16.programs(tile, m, n, k, x2d.device) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)

@@ -1,0 +1,161 @@
+"""Both precisions' Gluon GEMMs in one launch: FP16 or FP8 by the mode tensor, read on the device.
+
+Why: a CUDA graph holds the launches of both modes, and each exits unless the mode is its own. Captured
+as three launches (the FP16 GEMM, ``act_quant``, the FP8 GEMM), the idle ones cost each mode time: on the
+H200, at M <= 64, the op ran about 5% slower than the FP16 GEMM alone in FP16 mode, and 8-9% slower than
+``act_quant`` + the FP8 GEMM in FP8 mode (docs/BENCHMARKS.md, "Idle launches in CUDA graphs"). Here a
+graph holds two: ``act_quant`` (it exits at once in FP16 mode), then this kernel as its programmatic
+dependent (PDL). In FP16 mode it runs ``kernels.gluon_fp16``'s pipeline and does not wait for
+``act_quant``; in FP8 mode ``kernels.gluon_fp8``'s, whose TMA worker prefetches weights before it waits
+for the codes. Either way it waits for ``act_quant`` before it ends, so the stream's next kernel runs
+after both. What it bought, same run: FP8 mode 1-13% faster per shape (geomean 2-3% at M <= 128); FP16 mode
+within 1% either way, as an idle launch ahead of the GEMM costs about what two behind it did.
+
+The two pipelines are the two modules' partitions, unchanged, in the two branches of one kernel: shared
+memory is allocated per branch (the launch takes the larger), the grid is the larger of the two modes' (a
+program past its mode's count exits), and the consumer warps are one number, so the two tiles share
+BLOCK_W. Stream-K (which divides work by the grid size) is not offered; split-K is, per mode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import gluon_common as common
+from kernels import gluon_fp8, gluon_fp16
+from kernels.fast_launch import TmaArg, cdiv, launch
+from kernels.gluon_common import gl
+from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
+from kernels.split_k import split_buffers
+from kernels.tuning import STREAM_K
+
+GluonUnavailable = common.GluonUnavailable
+_IMPORT_ERROR = common.IMPORT_ERROR
+
+
+@common.jit
+def _fp16_body(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, out_scale,
+               HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
+               STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
+    """``gluon_fp16.nested_fp16_rs_kernel``'s FP16 path (one program per tile and split)."""
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
+    u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
+    l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
+    ready, empty = common.ring_barriers(STAGES)
+    tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
+    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+    gl.warp_specialize([
+        (gluon_fp16._mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
+                                     stride_ym, off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES,
+                                     BLOCK_W, BLOCK_T, NUM_WARPS, SPLIT_K)),
+        (gluon_fp16._load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t,
+                                      k_lo, k_tiles, STAGES, BLOCK_K)),
+    ], common.LOAD_WARPS, common.LOAD_REGS)
+
+
+@common.jit
+def _fp8_body(q_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, w_scale,
+              HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
+              STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
+    """``gluon_fp8.nested_fp8_rs_kernel``'s FP8 path, as a PDL launch (the codes come from the kernel before)."""
+    tile, pid_k, k_lo, k_steps = common.split_tile(K, BLOCK_K, SPLIT_K)
+    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+    x_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], q_desc.layout)
+    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], w_desc.layout)
+    ready, empty = common.ring_barriers(STAGES)
+    gl.warp_specialize([
+        (gluon_fp8._mma_partition, (x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
+                                    stride_ym, off_w, off_t, tile, pid_k, k_steps, w_scale, HAS_BIAS, STAGES,
+                                    BLOCK_W, BLOCK_T, SPLIT_K, NUM_WARPS, True)),
+        (gluon_fp8._load_partition, (q_desc, w_desc, x_bufs, w_bufs, ready, empty, off_w, off_t, k_lo, k_steps,
+                                     STAGES, BLOCK_K, True)),
+    ], common.LOAD_WARPS, common.LOAD_REGS)
+
+
+@common.jit(do_not_specialize=["M", "programs16", "programs8"])
+def nested_dual_rs_kernel(
+    x_desc, u_desc, l_desc, q_desc, w_desc, y_ptr, bias_ptr, mode_ptr, xs_ptr, ws16_ptr, sem16_ptr, ws8_ptr,
+    sem8_ptr, M, N, K, stride_ym, out_scale, w_scale, programs16, programs8,
+    HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr,
+    BLOCK_T16: gl.constexpr, BLOCK_K16: gl.constexpr, STAGES16: gl.constexpr, SPLIT16: gl.constexpr,
+    BLOCK_T8: gl.constexpr, BLOCK_K8: gl.constexpr, STAGES8: gl.constexpr, SPLIT8: gl.constexpr,
+):
+    mode = gl.load(mode_ptr)
+    pid = gl.program_id(0)
+    if mode == 0 and pid < programs16:
+        _fp16_body(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws16_ptr, sem16_ptr, M, N, K, stride_ym, out_scale,
+                   HAS_BIAS, BLOCK_W, BLOCK_T16, BLOCK_K16, STAGES16, GROUP, NUM_WARPS, SPLIT16)
+    elif mode == 1 and pid < programs8:
+        _fp8_body(q_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws8_ptr, sem8_ptr, M, N, K, stride_ym, w_scale,
+                  HAS_BIAS, BLOCK_W, BLOCK_T8, BLOCK_K8, STAGES8, GROUP, NUM_WARPS, SPLIT8)
+    common.gdc_wait()  # act_quant (the kernel before) has ended: the stream's next kernel runs after both
+
+
+def smem_bytes(tile16: tuple[int, ...], cfg8: tuple[int, ...]) -> int:
+    """The larger branch's shared memory (each branch allocates its own ring)."""
+    return max(gluon_fp16.smem_bytes(*tile16[:4]), gluon_fp8.smem_bytes(*cfg8[:4]))
+
+
+def pairable(tile16: tuple[int, ...] | None, cfg8: tuple[int, ...] | None, m: int) -> bool:
+    """Whether one launch should hold both: the same weight rows per program (one warp count), no stream-K,
+    and the same number of programs at this M. Why the last: where the grids differed (split-K on one side),
+    the one launch ran slower than three in FP16 mode (8B.o, M = 1: 21.8 against 21.1 us) and gained nothing
+    in FP8 mode; with equal grids it gained 1-13% in FP8 mode (docs/BENCHMARKS.md, "Idle launches")."""
+    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or (len(tile16) > 4 and tile16[4] == STREAM_K):
+        return False
+    split16, split8 = (tile16[4] if len(tile16) > 4 else 1), (cfg8[4] if len(cfg8) > 4 else 1)
+    return cdiv(m, tile16[1]) * split16 == cdiv(m, cfg8[1]) * split8
+
+
+def nested_dual_gemm_rs(
+    x2d: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    quant: tuple[torch.Tensor, torch.Tensor],
+    tile16: tuple[int, ...],
+    cfg8: tuple[int, ...],
+) -> torch.Tensor:
+    """Writes ``x2d @ W.T + bias`` into ``out``: W from both planes if ``mode[0] == 0`` (tile ``tile16``), from
+    the upper plane on the codes ``quant = (q, s)`` if 1 (config ``cfg8``), as a PDL launch after the kernel
+    that writes ``quant`` (``act_quant``). The caller (the dispatcher) has checked operands, device and TMA
+    addressing, and that ``pairable(tile16, cfg8, M)``."""
+    m, k = x2d.shape
+    n = upper.shape[0]
+    if m == 0:
+        return out
+    q, s = quant
+    bw = tile16[0]
+    bt16, bk16, st16 = tile16[1:4]
+    bt8, bk8, st8 = cfg8[1:4]
+    xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
+    sx = x2d.stride(0)
+    plane_layout = common.smem_layout((bw, bk16), "uint8")
+    descs = (TmaArg(x2d, (m, k), (sx, 1), (bt16, bk16), common.smem_layout((bt16, bk16), xdt)),
+             TmaArg(upper, (n, k), (k, 1), (bw, bk16), plane_layout, torch.uint8),
+             TmaArg(lower, (n, k), (k, 1), (bw, bk16), plane_layout),
+             TmaArg(q, (m, k), (q.stride(0), 1), (bt8, bk8), common.smem_layout((bt8, bk8), "float8e4nv")),
+             TmaArg(upper, (n, k), (k, 1), (bw, bk8), common.smem_layout((bw, bk8), "float8e4nv"),
+                    torch.float8_e4m3fn if upper.dtype == torch.uint8 else None))
+    tiles16, tiles8 = cdiv(n, bw) * cdiv(m, bt16), cdiv(n, bw) * cdiv(m, bt8)
+    split16, ws16, sem16 = split_buffers(x2d, tiles16, tile16[4] if len(tile16) > 4 else 1, bw * bt16, out)
+    split8, ws8, sem8 = split_buffers(x2d, tiles8, cfg8[4] if len(cfg8) > 4 else 1, bw * bt8, out)
+    programs16, programs8 = tiles16 * split16, tiles8 * split8
+    so = out.stride(0)
+    b = bias if bias is not None else out
+    spec = (x2d.dtype, out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15, b.data_ptr() & 15,
+            s.data_ptr() & 15, n & 15, k & 15, so & 15, sx & 15, n == 1, so == 1, ws16.data_ptr() & 15,
+            sem16.data_ptr() & 15, ws8.data_ptr() & 15, sem8.data_ptr() & 15)
+    num_warps = bw // 16
+    launch(
+        nested_dual_rs_kernel, max(programs16, programs8),
+        (*descs, out, b, mode, s, ws16, sem16, ws8, sem8, m, n, k, so, 2.0**scale_exp,
+         2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp), programs16, programs8),
+        dict(HAS_BIAS=bias is not None, BLOCK_W=bw, GROUP=8, NUM_WARPS=num_warps, BLOCK_T16=bt16, BLOCK_K16=bk16,
+             STAGES16=st16, SPLIT16=split16, BLOCK_T8=bt8, BLOCK_K8=bk8, STAGES8=st8, SPLIT8=split8),
+        num_warps, 1, spec, pdl=True,
+    )
+    return out
