@@ -33,45 +33,6 @@ GluonUnavailable = common.GluonUnavailable
 _IMPORT_ERROR = common.IMPORT_ERROR
 
 
-@common.jit
-def _fp16_body(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, out_scale,
-               HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
-               STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
-    """``gluon_fp16.nested_fp16_rs_kernel``'s FP16 path (one program per tile and split)."""
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
-    u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
-    l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
-    ready, empty = common.ring_barriers(STAGES)
-    tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
-    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
-    gl.warp_specialize([
-        (gluon_fp16._mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
-                                     stride_ym, off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES,
-                                     BLOCK_W, BLOCK_T, NUM_WARPS, SPLIT_K)),
-        (gluon_fp16._load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t,
-                                      k_lo, k_tiles, STAGES, BLOCK_K)),
-    ], common.LOAD_WARPS, common.LOAD_REGS)
-
-
-@common.jit
-def _fp8_body(q_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, w_scale,
-              HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
-              STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
-    """``gluon_fp8.nested_fp8_rs_kernel``'s FP8 path, as a PDL launch (the codes come from the kernel before)."""
-    tile, pid_k, k_lo, k_steps = common.split_tile(K, BLOCK_K, SPLIT_K)
-    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
-    x_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], q_desc.layout)
-    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], w_desc.layout)
-    ready, empty = common.ring_barriers(STAGES)
-    gl.warp_specialize([
-        (gluon_fp8._mma_partition, (x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
-                                    stride_ym, off_w, off_t, tile, pid_k, k_steps, w_scale, HAS_BIAS, STAGES,
-                                    BLOCK_W, BLOCK_T, SPLIT_K, NUM_WARPS, True)),
-        (gluon_fp8._load_partition, (q_desc, w_desc, x_bufs, w_bufs, ready, empty, off_w, off_t, k_lo, k_steps,
-                                     STAGES, BLOCK_K, True)),
-    ], common.LOAD_WARPS, common.LOAD_REGS)
-
-
 @common.jit(do_not_specialize=["M", "programs16", "programs8"])
 def nested_dual_rs_kernel(
     x_desc, u_desc, l_desc, q_desc, w_desc, y_ptr, bias_ptr, mode_ptr, xs_ptr, ws16_ptr, sem16_ptr, ws8_ptr,
@@ -83,11 +44,11 @@ def nested_dual_rs_kernel(
     mode = gl.load(mode_ptr)
     pid = gl.program_id(0)
     if mode == 0 and pid < programs16:
-        _fp16_body(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws16_ptr, sem16_ptr, M, N, K, stride_ym, out_scale,
-                   HAS_BIAS, BLOCK_W, BLOCK_T16, BLOCK_K16, STAGES16, GROUP, NUM_WARPS, SPLIT16)
+        gluon_fp16.gemm(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws16_ptr, sem16_ptr, M, N, K, stride_ym, out_scale,
+                        HAS_BIAS, BLOCK_W, BLOCK_T16, BLOCK_K16, STAGES16, GROUP, NUM_WARPS, SPLIT16)
     elif mode == 1 and pid < programs8:
-        _fp8_body(q_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws8_ptr, sem8_ptr, M, N, K, stride_ym, w_scale,
-                  HAS_BIAS, BLOCK_W, BLOCK_T8, BLOCK_K8, STAGES8, GROUP, NUM_WARPS, SPLIT8)
+        gluon_fp8.gemm(q_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws8_ptr, sem8_ptr, M, N, K, stride_ym, w_scale,
+                       HAS_BIAS, BLOCK_W, BLOCK_T8, BLOCK_K8, STAGES8, GROUP, SPLIT8, NUM_WARPS, True)
     common.gdc_wait()  # act_quant (the kernel before) has ended: the stream's next kernel runs after both
 
 

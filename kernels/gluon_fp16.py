@@ -253,6 +253,35 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS: gl.constexpr
         gl.store(s_ptr + row, scale)
 
 
+@common.jit
+def _ring(x_desc, u_desc, l_desc, STAGES: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
+          BLOCK_K: gl.constexpr):
+    """The STAGES-deep ring (x tile, the two byte tiles) and its barriers."""
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
+    u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
+    l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
+    ready, empty = common.ring_barriers(STAGES)
+    return x_bufs, u_bufs, l_bufs, ready, empty
+
+
+@common.jit
+def gemm(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, out_scale,
+         HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
+         STAGES: gl.constexpr, GROUP: gl.constexpr, NUM_WARPS: gl.constexpr, SPLIT_K: gl.constexpr):
+    """One program's tile (and split) in FP16 mode, one program per tile: the kernel past its mode test, which
+    ``kernels.gluon_dual`` runs too."""
+    x_bufs, u_bufs, l_bufs, ready, empty = _ring(x_desc, u_desc, l_desc, STAGES, BLOCK_W, BLOCK_T, BLOCK_K)
+    tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
+    off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
+    gl.warp_specialize([
+        (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
+                          stride_ym, off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W,
+                          BLOCK_T, NUM_WARPS, SPLIT_K)),
+        (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo,
+                           k_tiles, STAGES, BLOCK_K)),
+    ], common.LOAD_WARPS, common.LOAD_REGS)
+
+
 @common.jit(do_not_specialize=["M"])
 def nested_fp16_rs_kernel(
     x_desc, u_desc, l_desc, y_ptr, bias_ptr, mode_ptr, x_ptr, q_ptr, s_ptr, ws_ptr, sem_ptr,
@@ -270,11 +299,8 @@ def nested_fp16_rs_kernel(
             if mode == 1:
                 _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, NUM_WARPS, QBLOCK)
         return
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, BLOCK_K], x_desc.layout)
-    u_bufs = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], u_desc.layout)
-    l_bufs = gl.allocate_shared_memory(l_desc.dtype, [STAGES, BLOCK_W, BLOCK_K], l_desc.layout)
-    ready, empty = common.ring_barriers(STAGES)
     if STREAM:
+        x_bufs, u_bufs, l_bufs, ready, empty = _ring(x_desc, u_desc, l_desc, STAGES, BLOCK_W, BLOCK_T, BLOCK_K)
         steps = gl.cdiv(K, BLOCK_K)
         tiles = gl.cdiv(N, BLOCK_W) * gl.cdiv(M, BLOCK_T)
         start, end = common.stream_range(tiles, steps)
@@ -286,15 +312,8 @@ def nested_fp16_rs_kernel(
                                   steps, STAGES, BLOCK_K, BLOCK_W, BLOCK_T, GROUP)),
         ], common.LOAD_WARPS, common.LOAD_REGS)
     else:
-        tile, pid_k, k_lo, k_tiles = common.split_tile(K, BLOCK_K, SPLIT_K)
-        off_w, off_t = common.grouped_tile(tile, M, N, BLOCK_W, BLOCK_T, GROUP)
-        gl.warp_specialize([
-            (_mma_partition, (x_bufs, u_bufs, l_bufs, ready, empty, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N,
-                              stride_ym, off_w, off_t, tile, pid_k, k_tiles, out_scale, HAS_BIAS, STAGES, BLOCK_W,
-                              BLOCK_T, NUM_WARPS, SPLIT_K)),
-            (_load_partition, (x_desc, u_desc, l_desc, x_bufs, u_bufs, l_bufs, ready, empty, off_w, off_t, k_lo,
-                               k_tiles, STAGES, BLOCK_K)),
-        ], common.LOAD_WARPS, common.LOAD_REGS)
+        gemm(x_desc, u_desc, l_desc, y_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, out_scale, HAS_BIAS,
+             BLOCK_W, BLOCK_T, BLOCK_K, STAGES, GROUP, NUM_WARPS, SPLIT_K)
 
 
 def programs(tile: tuple[int, ...], m: int, n: int, k: int, device: torch.device) -> int:

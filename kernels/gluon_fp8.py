@@ -134,18 +134,13 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, y_ptr, xs_ptr, bias_ptr, ws_ptr
                       BLOCK_W, BLOCK_T, NUM_WARPS)
 
 
-@common.jit(do_not_specialize=["M"])
-def nested_fp8_rs_kernel(
-    x_desc, w_desc, y_ptr, xs_ptr, bias_ptr, mode_ptr, ws_ptr, sem_ptr,
-    M, N, K, stride_ym, w_scale,
-    HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
-    STAGES: gl.constexpr, GROUP: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr,
-    PDL: gl.constexpr,
-):
-    if gl.load(mode_ptr) != 1:
-        if PDL:
-            common.gdc_wait()
-        return
+@common.jit
+def gemm(x_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, w_scale,
+         HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
+         STAGES: gl.constexpr, GROUP: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr,
+         PDL: gl.constexpr):
+    """One program's tile (and split) in FP8 mode: the kernel past its mode test, which ``kernels.gluon_dual``
+    runs too."""
     # Tiles in grouped order: GROUP weight blocks walk the token blocks together, so each weight block
     # comes from HBM about once.
     tile, pid_k, k_lo, k_steps = common.split_tile(K, BLOCK_K, SPLIT_K)
@@ -162,6 +157,22 @@ def nested_fp8_rs_kernel(
         (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_w, off_t, k_lo, k_steps, STAGES,
                            BLOCK_K, PDL)),
     ], common.LOAD_WARPS, common.LOAD_REGS)
+
+
+@common.jit(do_not_specialize=["M"])
+def nested_fp8_rs_kernel(
+    x_desc, w_desc, y_ptr, xs_ptr, bias_ptr, mode_ptr, ws_ptr, sem_ptr,
+    M, N, K, stride_ym, w_scale,
+    HAS_BIAS: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr,
+    STAGES: gl.constexpr, GROUP: gl.constexpr, SPLIT_K: gl.constexpr, NUM_WARPS: gl.constexpr,
+    PDL: gl.constexpr,
+):
+    if gl.load(mode_ptr) != 1:
+        if PDL:
+            common.gdc_wait()
+        return
+    gemm(x_desc, w_desc, y_ptr, xs_ptr, bias_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym, w_scale, HAS_BIAS, BLOCK_W,
+         BLOCK_T, BLOCK_K, STAGES, GROUP, SPLIT_K, NUM_WARPS, PDL)
 
 
 def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
