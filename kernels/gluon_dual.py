@@ -23,14 +23,11 @@ import torch
 
 from kernels import gluon_common as common
 from kernels import gluon_fp8, gluon_fp16
-from kernels.fast_launch import TmaArg, cdiv, launch
+from kernels.fast_launch import cdiv, launch
 from kernels.gluon_common import gl
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
 from kernels.split_k import split_buffers
 from kernels.tuning import STREAM_K
-
-GluonUnavailable = common.GluonUnavailable
-_IMPORT_ERROR = common.IMPORT_ERROR
 
 
 @common.jit(do_not_specialize=["M", "programs16", "programs8"])
@@ -52,9 +49,9 @@ def nested_dual_rs_kernel(
     common.gdc_wait()  # act_quant (the kernel before) has ended: the stream's next kernel runs after both
 
 
-def smem_bytes(tile16: tuple[int, ...], cfg8: tuple[int, ...]) -> int:
-    """The larger branch's shared memory (each branch allocates its own ring)."""
-    return max(gluon_fp16.smem_bytes(*tile16[:4]), gluon_fp8.smem_bytes(*cfg8[:4]))
+def _split(cfg: tuple[int, ...]) -> int:
+    """A tile's programs per output tile (its fifth element; 1 without one)."""
+    return cfg[4] if len(cfg) > 4 else 1
 
 
 def pairable(tile16: tuple[int, ...] | None, cfg8: tuple[int, ...] | None, m: int) -> bool:
@@ -62,10 +59,9 @@ def pairable(tile16: tuple[int, ...] | None, cfg8: tuple[int, ...] | None, m: in
     and the same number of programs at this M. Why the last: where the grids differed (split-K on one side),
     the one launch ran slower than three in FP16 mode (8B.o, M = 1: 21.8 against 21.1 us) and gained nothing
     in FP8 mode; with equal grids it gained 1-13% in FP8 mode (docs/BENCHMARKS.md, "Idle launches")."""
-    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or (len(tile16) > 4 and tile16[4] == STREAM_K):
+    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or _split(tile16) == STREAM_K:
         return False
-    split16, split8 = (tile16[4] if len(tile16) > 4 else 1), (cfg8[4] if len(cfg8) > 4 else 1)
-    return cdiv(m, tile16[1]) * split16 == cdiv(m, cfg8[1]) * split8
+    return cdiv(m, tile16[1]) * _split(tile16) == cdiv(m, cfg8[1]) * _split(cfg8)
 
 
 def nested_dual_gemm_rs(
@@ -92,18 +88,11 @@ def nested_dual_gemm_rs(
     bw = tile16[0]
     bt16, bk16, st16 = tile16[1:4]
     bt8, bk8, st8 = cfg8[1:4]
-    xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
     sx = x2d.stride(0)
-    plane_layout = common.smem_layout((bw, bk16), "uint8")
-    descs = (TmaArg(x2d, (m, k), (sx, 1), (bt16, bk16), common.smem_layout((bt16, bk16), xdt)),
-             TmaArg(upper, (n, k), (k, 1), (bw, bk16), plane_layout, torch.uint8),
-             TmaArg(lower, (n, k), (k, 1), (bw, bk16), plane_layout),
-             TmaArg(q, (m, k), (q.stride(0), 1), (bt8, bk8), common.smem_layout((bt8, bk8), "float8e4nv")),
-             TmaArg(upper, (n, k), (k, 1), (bw, bk8), common.smem_layout((bw, bk8), "float8e4nv"),
-                    torch.float8_e4m3fn if upper.dtype == torch.uint8 else None))
+    descs = (*gluon_fp16.descriptors(x2d, upper, lower, tile16), *gluon_fp8.descriptors(q, upper, cfg8))
     tiles16, tiles8 = cdiv(n, bw) * cdiv(m, bt16), cdiv(n, bw) * cdiv(m, bt8)
-    split16, ws16, sem16 = split_buffers(x2d, tiles16, tile16[4] if len(tile16) > 4 else 1, bw * bt16, out)
-    split8, ws8, sem8 = split_buffers(x2d, tiles8, cfg8[4] if len(cfg8) > 4 else 1, bw * bt8, out)
+    split16, ws16, sem16 = split_buffers(x2d, tiles16, _split(tile16), bw * bt16, out)
+    split8, ws8, sem8 = split_buffers(x2d, tiles8, _split(cfg8), bw * bt8, out)
     programs16, programs8 = tiles16 * split16, tiles8 * split8
     so = out.stride(0)
     b = bias if bias is not None else out

@@ -340,6 +340,19 @@ def config_problem(block_w: int, block_t: int, block_k: int, stages: int) -> str
     return common.tile_problem(tile, (64, 128), smem_bytes(*tile))
 
 
+def descriptors(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor,
+                tile: tuple[int, ...]) -> tuple[TmaArg, TmaArg, TmaArg]:
+    """The kernel's TMA descriptors for ``tile``: x's [block_t, block_k] tiles, the two planes' [block_w,
+    block_k] byte tiles (the upper plane read as bytes whatever its stored dtype)."""
+    (m, k), n = x2d.shape, upper.shape[0]
+    block_w, block_t, block_k = tile[:3]
+    xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
+    plane_layout = common.smem_layout((block_w, block_k), "uint8")
+    return (TmaArg(x2d, (m, k), (x2d.stride(0), 1), (block_t, block_k), common.smem_layout((block_t, block_k), xdt)),
+            TmaArg(upper, (n, k), (k, 1), (block_w, block_k), plane_layout, torch.uint8),
+            TmaArg(lower, (n, k), (k, 1), (block_w, block_k), plane_layout))
+
+
 def nested_fp16_gemm_rs(
     x2d: torch.Tensor,
     upper: torch.Tensor,
@@ -372,12 +385,8 @@ def nested_fp16_gemm_rs(
     block_w, block_t, block_k, stages = tile[:4]
     if m == 0:
         return out
-    xdt = "float16" if x2d.dtype == torch.float16 else "bfloat16"
     sx = x2d.stride(0)
-    plane_layout = common.smem_layout((block_w, block_k), "uint8")
-    descs = (TmaArg(x2d, (m, k), (sx, 1), (block_t, block_k), common.smem_layout((block_t, block_k), xdt)),
-             TmaArg(upper, (n, k), (k, 1), (block_w, block_k), plane_layout, torch.uint8),
-             TmaArg(lower, (n, k), (k, 1), (block_w, block_k), plane_layout))
+    descs = descriptors(x2d, upper, lower, tile)
     so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
     tiles = cdiv(n, block_w) * cdiv(m, block_t)

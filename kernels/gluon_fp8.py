@@ -214,6 +214,17 @@ def _check(xq, xs, upper, bias, out, tile, split_k) -> None:
     common.check_launch("nested_fp8_gemm_rs", tile, config_problem(*tile), xq, upper)
 
 
+def descriptors(xq: torch.Tensor, upper: torch.Tensor, tile: tuple[int, ...]) -> tuple[TmaArg, TmaArg]:
+    """The kernel's TMA descriptors for ``tile``: the codes' [block_t, block_k] tiles, the upper plane's
+    [block_w, block_k] tiles read as E4M3 whatever its stored dtype."""
+    (m, k), n = xq.shape, upper.shape[0]
+    block_w, block_t, block_k = tile[:3]
+    return (TmaArg(xq, (m, k), (xq.stride(0), 1), (block_t, block_k),
+                   common.smem_layout((block_t, block_k), "float8e4nv")),
+            TmaArg(upper, (n, k), (k, 1), (block_w, block_k), common.smem_layout((block_w, block_k), "float8e4nv"),
+                   torch.float8_e4m3fn if upper.dtype == torch.uint8 else None))
+
+
 def nested_fp8_gemm_rs(
     xq: torch.Tensor,
     xs: torch.Tensor,
@@ -253,11 +264,7 @@ def nested_fp8_gemm_rs(
     block_w, block_t, block_k, stages = tile
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
     split_k, ws, sem = split_buffers(xq, tiles, split_k, block_w * block_t, out)
-    x_layout = common.smem_layout((block_t, block_k), "float8e4nv")
-    w_layout = common.smem_layout((block_w, block_k), "float8e4nv")
-    descs = (TmaArg(xq, (m, k), (xq.stride(0), 1), (block_t, block_k), x_layout),
-             TmaArg(upper, (n, k), (k, 1), (block_w, block_k), w_layout,
-                    torch.float8_e4m3fn if upper.dtype == torch.uint8 else None))
+    descs = descriptors(xq, upper, tile)
     so = out.stride(0)
     num_warps = block_w // 16
     b = bias if bias is not None else out
