@@ -9,8 +9,8 @@ Activation quantization (absmax pass, then a quantizing pass over each token row
 op, inside the FP16 kernel's launch when the mode is FP8 (see ``triton_dispatch``), so the op
 makes two launches in either mode; standalone, ``act_quant`` launches it on its own; or, per the
 tile table, fused into this GEMM (``fused_quant``: each program quantizes its token rows itself,
-which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s (the fused
-path's fast division differed in 1 of 117 M values on the H200: ``div_by_scale``).
+which only pays off at the smallest M). Scales and codes equal ``kernels.reference``'s, also where
+the division is the fast one (``div_by_scale``).
 
 Also here: the operand checks and tile order both GEMMs share.
 """
@@ -40,6 +40,8 @@ ONE_PASS_MAX_K = 8192  # act_quant holds rows up to this long in registers (16 w
 # and the narrower programs were a few percent faster (the H200, 2026-11-22: docs/BENCHMARKS.md, "Kernels v7").
 ONE_PASS_LONG_MAX_K = 32768
 ONE_PASS_LONG_MAX_M = 256
+FAST_DIV_FROM = 8192  # one-pass rows longer than this divide with div_by_scale: div_rn's slow-path calls hold
+# registers that 32-64 values a thread need (docs/BENCHMARKS.md, "act_quant v2"); shorter rows keep div_rn
 
 
 def _check_operands(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[int, int, int]:
@@ -106,59 +108,87 @@ def act_scale(amax, INTERPRET: tl.constexpr):
 
 @triton.jit
 def div_by_scale(x, s, r, INTERPRET: tl.constexpr):
-    """``x / s`` as torch divides, given ``r = div_rn(1, s)``: 5 flops, no div.rn. Used where the
-    GEMM quantizes x itself (``fused_quant``, small M).
+    """``x / s`` as torch divides, given ``r = div_rn(1, s)``: 5 flops and a sign, no div.rn (whose
+    slow-path call holds registers). Used where the GEMM quantizes x itself (``fused_quant``, small M)
+    and by ``act_quant`` on long rows.
 
     Exactness matters: fp16 inputs often sit within an ulp of an E4M3 tie (x = 0.75 * amax gives
     336.0), where a plain ``x * (1/s)`` rounds the other way. q = x*r is within 2 ulps; each
-    Markstein step (e = fma(-q, s, x) is exact; q += e*r) brings it closer. On the H200 it
-    matched torch's code for code except in 1 of 117 M values (docs/BENCHMARKS.md, "act_quant
-    variants"), so the standalone ``act_quant`` keeps the exact ``div_rn``. The interpreter just divides.
+    Markstein step (e = fma(-q, s, x) is exact; q += e*r) brings it closer. The steps turn x = -0
+    into +0 (fma(+0, s, -0) = +0), so q takes x's sign bit at the end. With it, the E4M3 code equals
+    div_rn's for every finite fp16 and bf16 pair (amax, x) with |x| <= amax and s = act_scale(amax),
+    about 2e9 of them, checked on the H200 (tests/test_quantize_cuda.py). The interpreter just divides.
     """
     if INTERPRET:
         return tl.math.div_rn(x, s)
     q = x * r
     q = tl.fma(tl.fma(-q, s, x), r, q)
-    return tl.fma(tl.fma(-q, s, x), r, q)
+    q = tl.fma(tl.fma(-q, s, x), r, q)
+    sign = x.to(tl.uint32, bitcast=True) & 0x80000000
+    return (q.to(tl.uint32, bitcast=True) & 0x7FFFFFFF | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quantize_row_once(x_row, q_row, K, QBLOCK: tl.constexpr, FAST_DIV: tl.constexpr, INTERPRET: tl.constexpr):
+    """One token row of up to QBLOCK values, read once and quantized from registers; returns its scale."""
+    offs = tl.arange(0, QBLOCK)
+    xk = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+    scale = act_scale(tl.max(tl.abs(xk), axis=0), INTERPRET)
+    if FAST_DIV:
+        q = div_by_scale(xk, scale, tl.math.div_rn(tl.full((), 1.0, tl.float32), scale), INTERPRET)
+    else:
+        q = tl.math.div_rn(xk, scale)
+    tl.store(q_row + offs, to_e4m3(tl.clamp(q, -FP8_MAX, FP8_MAX), INTERPRET), mask=offs < K)
+    return scale
+
+
+@triton.jit
+def quantize_row_twice(x_row, q_row, K, CHUNK: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr):
+    """One token row of any length: an absmax pass, then a quantizing pass (the row stays in L2), CHUNK values
+    a step, STAGES loads in flight; returns its scale. Exact division: both passes are memory-bound."""
+    offs = tl.arange(0, CHUNK)
+    amax = tl.zeros((CHUNK,), dtype=tl.float32)
+    for k0 in tl.range(0, K, CHUNK, num_stages=STAGES):
+        xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(xk))
+    scale = act_scale(tl.max(amax, axis=0), INTERPRET)
+    for k0 in tl.range(0, K, CHUNK, num_stages=STAGES):
+        xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
+        tl.store(q_row + k0 + offs, to_e4m3(q, INTERPRET), mask=k0 + offs < K)
+    return scale
 
 
 @triton.jit
 def quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, INTERPRET: tl.constexpr):
     """Per-token E4M3 quantization, rows pid, pid + nprog, ...: a row that fits in QBLOCK is read
-    once and quantized from registers; a longer one takes an absmax pass (the row stays in L2) and
-    a quantizing pass. Exact division: these passes are memory-bound."""
-    offs = tl.arange(0, QBLOCK)
+    once, a longer one twice. For launches that do other work too (the FP16 kernel's in FP8 mode)."""
     for row in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=1):
         row64 = tl.cast(row, tl.int64)
-        x_row = x_ptr + row64 * stride_xm
         if K <= QBLOCK:
-            xk = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
-            scale = act_scale(tl.max(tl.abs(xk), axis=0), INTERPRET)
-            q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
-            tl.store(q_ptr + row64 * K + offs, to_e4m3(q, INTERPRET), mask=offs < K)
+            scale = quantize_row_once(x_ptr + row64 * stride_xm, q_ptr + row64 * K, K, QBLOCK, False, INTERPRET)
         else:
-            amax = tl.zeros((QBLOCK,), dtype=tl.float32)
-            for k0 in tl.range(0, K, QBLOCK, num_stages=1):
-                xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.abs(xk))
-            scale = act_scale(tl.max(amax, axis=0), INTERPRET)
-            for k0 in tl.range(0, K, QBLOCK, num_stages=1):
-                xk = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-                q = tl.clamp(tl.math.div_rn(xk, scale), -FP8_MAX, FP8_MAX)
-                tl.store(q_ptr + row64 * K + k0 + offs, to_e4m3(q, INTERPRET), mask=k0 + offs < K)
+            scale = quantize_row_twice(x_ptr + row64 * stride_xm, q_ptr + row64 * K, K, QBLOCK, 1, INTERPRET)
         tl.store(s_ptr + row, scale)
 
 
 @triton.jit(do_not_specialize=["M"])
-def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr,
-                     INTERPRET: tl.constexpr, GDC: tl.constexpr, PDL: tl.constexpr):
-    """Standalone per-token quantization. With PDL (launched as a programmatic dependent of the
-    FP16 launch, whose output it does not read) it waits for that launch before it ends, so that
-    the kernels after it also run after that one."""
+def act_quant_kernel(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
+                     FAST_DIV: tl.constexpr, INTERPRET: tl.constexpr, GDC: tl.constexpr, PDL: tl.constexpr):
+    """Standalone per-token quantization, a program per row: read once (ONE_PASS, rows up to QBLOCK) or
+    twice in QBLOCK-wide steps. One path per compile: a kernel holding both spilled registers, and its one-pass
+    rows ran slower (docs/BENCHMARKS.md, "act_quant v2"). FAST_DIV: ``div_by_scale`` (long rows).
+    With PDL (launched as a programmatic dependent of the FP16 launch, whose output it does not read) it
+    waits for that launch before it ends, so that the kernels after it also run after that one."""
     if GDC:  # sm_90+: a PDL-launched Gluon FP8 GEMM may start its weight prefetch
         tl_cuda.gdc_launch_dependents()
     if tl.load(mode_ptr) == 1:
-        quantize_rows(x_ptr, q_ptr, s_ptr, M, K, stride_xm, QBLOCK, INTERPRET)
+        row = tl.program_id(0).to(tl.int64)
+        if ONE_PASS:
+            scale = quantize_row_once(x_ptr + row * stride_xm, q_ptr + row * K, K, QBLOCK, FAST_DIV, INTERPRET)
+        else:
+            scale = quantize_row_twice(x_ptr + row * stride_xm, q_ptr + row * K, K, QBLOCK, 3, INTERPRET)
+        tl.store(s_ptr + row, scale)
     if PDL:
         tl_cuda.gdc_wait()
 
@@ -227,7 +257,7 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
     """Per-token E4M3 quantization of ``x2d`` ([M, K], unit stride along K) if ``mode[0] == 1``.
 
     A program per row; rows of up to ``ONE_PASS_MAX_K`` (``ONE_PASS_LONG_MAX_K`` at small M) are read
-    from memory once (held in registers).
+    from memory once (held in registers), longer ones twice, 8 values a thread per step.
     ``out``: (codes [M, K] E4M3, scales [M] fp32) to write into, for callers that must not allocate.
     ``pdl``: a programmatic dependent launch (sm_90+ only) of a kernel whose output it does not read
     (``x2d`` was written before that kernel started): it runs while that kernel runs.
@@ -238,11 +268,17 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
     if m:
         sx = x2d.stride(0)
         one_pass = k <= ONE_PASS_MAX_K or (k <= ONE_PASS_LONG_MAX_K and m <= ONE_PASS_LONG_MAX_M)
-        qblock = max(1024, 1 << (k - 1).bit_length()) if one_pass else 1024
+        if one_pass:
+            qblock = max(1024, 1 << (k - 1).bit_length())
+            warps = max(4, min(16, qblock // 512))
+        else:  # steps of about K / 7, 3 in flight (the fastest of 24 variants on the H200: "act_quant v2")
+            qblock = 2048 if k <= 16384 else 4096
+            warps = qblock // 256
         gdc = has_gdc(x2d)
         pdl = pdl and gdc
         launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx),
-               dict(QBLOCK=qblock, INTERPRET=not x2d.is_cuda, GDC=gdc, PDL=pdl), max(4, min(16, qblock // 512)), 1,
+               dict(QBLOCK=qblock, ONE_PASS=one_pass, FAST_DIV=one_pass and qblock > FAST_DIV_FROM,
+                    INTERPRET=not x2d.is_cuda, GDC=gdc, PDL=pdl), warps, 1,
                (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1), pdl=pdl)
     return q, s
 

@@ -185,11 +185,14 @@ def test_split_k_buffers_grow_keep_outgrown_ones_alive_and_turn_off(monkeypatch)
     assert rel_err(out, nested_linear(x, nw, "fp8")) < FP8_TOL
 
 
-@pytest.mark.parametrize("k", [300, tfp8.ONE_PASS_MAX_K + 40, tfp8.ONE_PASS_LONG_MAX_K + 40])
-def test_act_quant_kernel_equals_quantize_per_token(k):
-    """Rows held in registers (one read: short rows, and long ones at small M) or two passes (longer
-    rows): the same scales and the same E4M3 codes (round-to-nearest-even) as torch."""
-    x = torch.randn(5, k).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half()[:, None]
+@pytest.mark.parametrize(("m", "k"), [(5, 300), (5, tfp8.ONE_PASS_MAX_K + 40), (5, tfp8.ONE_PASS_LONG_MAX_K + 40),
+                                      (tfp8.ONE_PASS_LONG_MAX_M + 1, tfp8.ONE_PASS_MAX_K + 40)])
+def test_act_quant_kernel_equals_quantize_per_token(m, k):
+    """Rows held in registers (one read: short rows, and long ones at small M; the fast division past
+    FAST_DIV_FROM) or two passes (longer rows, and long ones at large M): the same scales and the same E4M3
+    codes (round-to-nearest-even, the sign of -0 kept) as torch."""
+    x = torch.randn(m, k).half() * torch.tensor([1e-3, 1.0, 30.0, 0.0, 1e4]).half().repeat(m)[:m, None]
+    x[1, :7] = -0.0
     q, s = tfp8.act_quant(x, new_mode_tensor("cpu", "fp8"))
     rq, rs = quantize_per_token(x)
     assert torch.equal(s, rs.flatten())
