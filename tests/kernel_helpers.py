@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -50,3 +52,19 @@ def split_k_partials_written(device: torch.device, m: int, n: int, cfg) -> bool:
     tiles = -(-n // cfg.block_n) * -(-m // cfg.block_m)
     used = split_k.buffers(device, 1, 1)[0][: tiles * cfg.split_k * cfg.block_n * cfg.block_m]
     return bool(torch.isfinite(used).all())
+
+
+@triton.jit
+def fp_pairs(amax_bits_ptr, x_bits_ptr, NX, BF16: tl.constexpr, BLOCK: tl.constexpr):
+    """(amax, x, in range) of program (i, j) of an exhaustive division check: the i-th amax bit pattern
+    against the j-th block of x bit patterns (fp16, or bf16), both decoded to fp32; in range: |x| <= amax."""
+    a_bits = tl.load(amax_bits_ptr + tl.program_id(0))
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    xb = tl.load(x_bits_ptr + offs, mask=offs < NX, other=0)
+    if BF16:
+        amax = a_bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
+        x = xb.to(tl.bfloat16, bitcast=True).to(tl.float32)
+    else:
+        amax = a_bits.to(tl.float16, bitcast=True).to(tl.float32)
+        x = xb.to(tl.float16, bitcast=True).to(tl.float32)
+    return amax, x, (offs < NX) & (tl.abs(x) <= amax)

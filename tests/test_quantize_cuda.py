@@ -17,6 +17,7 @@ from kernels import triton_fp8
 from kernels.ops import new_mode_tensor
 from kernels.reference import quantize_per_token
 from kernels.triton_fp8 import FP8_MAX, act_scale, div_by_scale, to_e4m3
+from tests.kernel_helpers import fp_pairs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,20 +26,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _mismatch_kernel(amax_bits_ptr, x_bits_ptr, NX, bad_ptr, BF16: tl.constexpr, BLOCK: tl.constexpr):
     """Counts the x (of this program's block) whose code from ``div_by_scale`` differs from div_rn's, for
     the amax of this program's row."""
-    a_bits = tl.load(amax_bits_ptr + tl.program_id(0))
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    xb = tl.load(x_bits_ptr + offs, mask=offs < NX, other=0)
-    if BF16:
-        amax = a_bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-        x = xb.to(tl.bfloat16, bitcast=True).to(tl.float32)
-    else:
-        amax = a_bits.to(tl.float16, bitcast=True).to(tl.float32)
-        x = xb.to(tl.float16, bitcast=True).to(tl.float32)
+    amax, x, in_range = fp_pairs(amax_bits_ptr, x_bits_ptr, NX, BF16, BLOCK)
     s = act_scale(amax, False) + tl.zeros_like(x)
     r = tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), s)
     want = to_e4m3(tl.clamp(tl.math.div_rn(x, s), -FP8_MAX, FP8_MAX), False).to(tl.uint8, bitcast=True)
     got = to_e4m3(tl.clamp(div_by_scale(x, s, r, False), -FP8_MAX, FP8_MAX), False).to(tl.uint8, bitcast=True)
-    bad = (want != got) & (offs < NX) & (tl.abs(x) <= amax)
+    bad = (want != got) & in_range
     tl.atomic_add(bad_ptr, tl.sum(bad.to(tl.int32), axis=0))
 
 

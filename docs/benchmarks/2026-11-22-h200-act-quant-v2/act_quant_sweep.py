@@ -21,6 +21,7 @@ from kernels.bench import bench
 from kernels.ops import new_mode_tensor
 from kernels.reference import quantize_per_token
 from kernels.triton_fp8 import FP8_MAX, act_quant, act_scale, div_by_scale, to_e4m3
+from tests.kernel_helpers import fp_pairs  # the exhaustive check's decoding, shared with tests/test_quantize_cuda.py
 
 # q = x / s, exactly as div.rn rounds it wherever the E4M3 code could differ: one Markstein step from
 # x * r (r = 1 / s, correctly rounded) lands on the correctly rounded quotient or next to it, so the code
@@ -69,20 +70,12 @@ def divide(x, s, DIV: tl.constexpr):
 @triton.jit
 def div_check_kernel(amax_bits_ptr, x_bits_ptr, NX, bad_ptr, zero_ptr, DIV: tl.constexpr, BF16: tl.constexpr,
                      BLOCK: tl.constexpr):
-    a_bits = tl.load(amax_bits_ptr + tl.program_id(0))
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    xb = tl.load(x_bits_ptr + offs, mask=offs < NX, other=0)
-    if BF16:
-        amax = a_bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-        x = xb.to(tl.bfloat16, bitcast=True).to(tl.float32)
-    else:
-        amax = a_bits.to(tl.float16, bitcast=True).to(tl.float32)
-        x = xb.to(tl.float16, bitcast=True).to(tl.float32)
+    amax, x, in_range = fp_pairs(amax_bits_ptr, x_bits_ptr, NX, BF16, BLOCK)
     s = act_scale(amax, False)
     ref = to_e4m3(tl.clamp(tl.math.div_rn(x, s), -FP8_MAX, FP8_MAX), False).to(tl.uint8, bitcast=True)
     got = to_e4m3(tl.clamp(divide(x, tl.full(x.shape, 0.0, tl.float32) + s, DIV), -FP8_MAX, FP8_MAX),
                   False).to(tl.uint8, bitcast=True)
-    bad = (ref != got) & (offs < NX) & (tl.abs(x) <= amax)
+    bad = (ref != got) & in_range
     tl.atomic_add(bad_ptr, tl.sum(bad.to(tl.int32), axis=0))
     tl.atomic_add(zero_ptr, tl.sum((bad & (x == 0.0)).to(tl.int32), axis=0))
 
