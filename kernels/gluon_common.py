@@ -242,12 +242,13 @@ def smem_layout(block: tuple[int, int], dtype: str):
     return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, dtype))
 
 
-def tile_problem(tile: tuple[int, int, int, int], block_ks: tuple[int, ...], smem: int) -> str | None:
+def tile_problem(tile: tuple[int, int, int, int], block_ks: tuple[int, ...], smem: int,
+                 block_ws: tuple[int, ...] = (64, 128)) -> str | None:
     """Why a (block_w, block_t, block_k, stages) tile cannot work on sm_90 (None if it should), for a
-    kernel that takes these block_k values and needs ``smem`` bytes of shared memory for the tile."""
+    kernel that takes these block_w and block_k values and needs ``smem`` bytes of shared memory for the tile."""
     block_w, block_t, block_k, stages = tile
-    if block_w not in (64, 128):
-        return "block_w must be 64 (one consumer warpgroup) or 128 (two)"
+    if block_w not in block_ws:
+        return f"block_w must be one of {block_ws} (64 weight rows per consumer warpgroup)"
     if block_t not in (16, 32, 64, 128, 256):
         return "block_t must be a power of two in [16, 256] (wgmma N)"
     if block_k not in block_ks:

@@ -335,9 +335,11 @@ def smem_bytes(block_w: int, block_t: int, block_k: int, stages: int) -> int:
 
 
 def config_problem(block_w: int, block_t: int, block_k: int, stages: int) -> str | None:
-    """Why a tile config cannot work on sm_90 (None if it should): checked before compiling."""
+    """Why a tile config cannot work on sm_90 (None if it should): checked before compiling. 256-row tiles
+    (four consumer warpgroups at 112 registers) work, but ran at 0.58-0.84 of the shipped tiles' speed on the
+    H200 (docs/BENCHMARKS.md, "Four consumer warpgroups"), so the sweeps leave them out."""
     tile = (block_w, block_t, block_k, stages)
-    return common.tile_problem(tile, (64, 128), smem_bytes(*tile))
+    return common.tile_problem(tile, (64, 128), smem_bytes(*tile), (64, 128, 256))
 
 
 def descriptors(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor,
