@@ -2,13 +2,15 @@
 two-pass rows, and a division that is cheap but exact where the E4M3 code depends on it.
 
 Run from the repo root: PYTHONPATH=$PWD python3 docs/benchmarks/2026-11-22-h200-act-quant-v2/act_quant_sweep.py OUT.json
-[--round2]
+[--round2 | --round3]
 
 1. Exhaustive check of the divisions: for every finite positive fp16 (and bf16) amax and every finite x of
    that dtype with |x| <= amax, the E4M3 code of each division against ``div_rn``'s (torch's division on CUDA).
 2. Timing: each variant's codes and scales against ``quantize_per_token`` first, then do_bench medians (the
    least of 3 rounds, variants interleaved) at M x K for the Llama K's.
 3. ``--round2`` (instead of 1 and 2): pipelined two-pass variants at the long rows, one-pass rules at small M.
+4. ``--round3``: at M >= 1024, programs that loop over rows, the next row's load issued before a row is
+   quantized.
 """
 import json
 import sys
@@ -132,6 +134,36 @@ def aq_two(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, CH: tl.constexpr, DIV
     tl.store(s_ptr + row, scale)
 
 
+@triton.jit
+def aq_rows_loop(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr):
+    """Rows pid, pid + nprog, ..., each read once; the next row's load is issued before this row is
+    quantized (by hand: Triton 3.6 does not pipeline loads that feed no dot, whatever num_stages says)."""
+    if tl.load(mode_ptr) != 1:
+        return
+    offs = tl.arange(0, QBLOCK)
+    step = tl.num_programs(0)
+    row = tl.program_id(0)
+    xk = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs, mask=(offs < K) & (row < M), other=0.0)
+    for r in range(tl.program_id(0), M, step):
+        nxt = r + step
+        xn = tl.load(x_ptr + nxt.to(tl.int64) * stride_xm + offs, mask=(offs < K) & (nxt < M), other=0.0)
+        xf = xk.to(tl.float32)
+        scale = act_scale(tl.max(tl.abs(xf), axis=0), False)
+        q = tl.clamp(tl.math.div_rn(xf, scale), -FP8_MAX, FP8_MAX)
+        tl.store(q_ptr + r.to(tl.int64) * K + offs, to_e4m3(q, False), mask=offs < K)
+        tl.store(s_ptr + r, scale)
+        xk = xn
+
+
+def run_loop(x, mode, warps, programs):
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    aq_rows_loop[(min(m, programs),)](x, q, s, mode, m, k, x.stride(0), QBLOCK=1 << (k - 1).bit_length(),
+                                      num_warps=warps, num_stages=1)
+    return q, s
+
+
 def run_one(x, mode, div, warps):
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
@@ -188,13 +220,49 @@ def round2(res: dict) -> None:
         res["round2"].append(row)
 
 
+def round3(res: dict) -> None:
+    """Rows read once, one per program (as shipped) against programs that loop over rows with the next
+    row's load issued before a row is quantized, at M >= 1024."""
+    mode = new_mode_tensor("cuda", "fp8")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for k in (4096, 8192):
+        for m in (1024, 4096, 8192):
+            variants = {"cur": lambda x: act_quant(x, mode)}
+            for warps in (4, 8, 16):
+                for per_sm in (1, 2, 4, 8):
+                    variants[f"loop_w{warps}_p{per_sm}"] = (
+                        lambda x, w=warps, p=per_sm * sms: run_loop(x, mode, w, p))
+            x = torch.randn(m, k, device="cuda").half() * 3
+            x[:, :: 97] *= 40
+            rq, rs = quantize_per_token(x)
+            y16 = torch.empty_like(x)
+            row = dict(m=m, k=k, bad={}, us={})
+            times = {"copy16": [], **{name: [] for name in variants}}
+            for name, fn in variants.items():
+                q, s = fn(x)
+                row["bad"][name] = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int(
+                    (s != rs.flatten()).sum())
+            for _ in range(3):
+                times["copy16"].append(bench(lambda: y16.copy_(x)))
+                for name, fn in variants.items():
+                    times[name].append(bench(lambda fn=fn: fn(x)))
+            row["us"] = {name: min(t) for name, t in times.items()}
+            row["rounds"] = times
+            best = sorted(row["us"].items(), key=lambda kv: kv[1])[:5]
+            print(json.dumps(dict(m=m, k=k, bad=sum(row["bad"].values()), cur=round(row["us"]["cur"], 1),
+                                  copy=round(row["us"]["copy16"], 1), best=[(n, round(t, 1)) for n, t in best])),
+                  flush=True)
+            res["round3"].append(row)
+
+
 def main(out: str) -> None:
     torch.manual_seed(0)
-    res = dict(div_check=[], quant=[], round2=[])
-    if "--round2" in sys.argv:
-        round2(res)
-        json.dump(res, open(out, "w"), indent=1)
-        return
+    res = dict(div_check=[], quant=[], round2=[], round3=[])
+    for flag, fn in (("--round2", round2), ("--round3", round3)):
+        if flag in sys.argv:
+            fn(res)
+            json.dump(res, open(out, "w"), indent=1)
+            return
     for dtype in (torch.float16, torch.bfloat16):
         for div in (1, 2, 3):
             r = div_check(dtype, div)
