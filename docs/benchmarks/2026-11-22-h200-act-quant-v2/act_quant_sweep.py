@@ -1,5 +1,5 @@
-"""act_quant at large M (a diagnostic, not part of the product): one-pass rows at fewer warps, pipelined
-two-pass rows, and a division that is cheap but exact where the E4M3 code depends on it.
+"""act_quant at large M (a diagnostic, not part of the product): one-pass rows at fewer warps, two-pass rows
+in wider steps, and a division that is cheap but exact where the E4M3 code depends on it.
 
 Run from the repo root: PYTHONPATH=$PWD python3 docs/benchmarks/2026-11-22-h200-act-quant-v2/act_quant_sweep.py OUT.json
 [--round2 | --round3]
@@ -8,7 +8,8 @@ Run from the repo root: PYTHONPATH=$PWD python3 docs/benchmarks/2026-11-22-h200-
    that dtype with |x| <= amax, the E4M3 code of each division against ``div_rn``'s (torch's division on CUDA).
 2. Timing: each variant's codes and scales against ``quantize_per_token`` first, then do_bench medians (the
    least of 3 rounds, variants interleaved) at M x K for the Llama K's.
-3. ``--round2`` (instead of 1 and 2): pipelined two-pass variants at the long rows, one-pass rules at small M.
+3. ``--round2`` (instead of 1 and 2): two-pass variants at the long rows, one-pass rules at small M. Their
+   STAGES (the loops' num_stages, 2 or 3) compile to the same kernel in Triton 3.6 (docs/BENCHMARKS.md).
 4. ``--round3``: at M >= 1024, programs that loop over rows, the next row's load issued before a row is
    quantized.
 """
@@ -117,7 +118,8 @@ def aq_one(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, QBLOCK: tl.constexpr,
 @triton.jit
 def aq_two(x_ptr, q_ptr, s_ptr, mode_ptr, M, K, stride_xm, CH: tl.constexpr, DIV: tl.constexpr,
            STAGES: tl.constexpr):
-    """One row per program: an absmax pass, then a quantizing pass (from L2), CH values a step, pipelined."""
+    """One row per program: an absmax pass, then a quantizing pass (from L2), CH values a step. (STAGES
+    changes nothing in Triton 3.6: it pipelines no load that feeds no dot.)"""
     if tl.load(mode_ptr) != 1:
         return
     row = tl.program_id(0).to(tl.int64)
@@ -181,8 +183,31 @@ def run_two(x, mode, div, warps, ch, stages):
     return q, s
 
 
+def measure(m: int, k: int, variants: dict, copy: bool) -> dict:
+    """One M x K cell: each variant's codes and scales against quantize_per_token (mismatches in ``bad``),
+    then the least of 3 do_bench medians per variant, the variants interleaved (with an fp16 copy of x if
+    ``copy``)."""
+    x = torch.randn(m, k, device="cuda").half() * 3
+    x[:, :: 97] *= 40  # outliers, so that some rows' codes use the small end of E4M3
+    rq, rs = quantize_per_token(x)
+    row = dict(m=m, k=k, bad={}, us={})
+    y16 = torch.empty_like(x)
+    times = {**({"copy16": []} if copy else {}), **{name: [] for name in variants}}
+    for name, fn in variants.items():
+        q, s = fn(x)
+        row["bad"][name] = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int((s != rs.flatten()).sum())
+    for _ in range(3):
+        if copy:
+            times["copy16"].append(bench(lambda: y16.copy_(x)))
+        for name, fn in variants.items():
+            times[name].append(bench(lambda fn=fn: fn(x)))
+    row["us"] = {name: min(t) for name, t in times.items()}
+    row["rounds"] = times
+    return row
+
+
 def round2(res: dict) -> None:
-    """Pipelined two-pass variants at the long rows, and the one-pass rule at small M."""
+    """Two-pass variants at the long rows, and the one-pass rule at small M."""
     mode = new_mode_tensor("cuda", "fp8")
     cells = [(m, k) for k in (14336, 28672) for m in (1024, 4096, 8192)]
     cells += [(m, k) for k in (4096, 8192, 14336, 28672) for m in (1, 16, 64, 256)]
@@ -200,20 +225,7 @@ def round2(res: dict) -> None:
                     for div in (0, 3):
                         variants[f"two_c{ch}_w{warps}_s{stages}_d{div}"] = (
                             lambda x, d=div, c=ch, w=warps, st=stages: run_two(x, mode, d, w, c, st))
-        x = torch.randn(m, k, device="cuda").half() * 3
-        x[:, :: 97] *= 40
-        rq, rs = quantize_per_token(x)
-        row = dict(m=m, k=k, bad={}, us={})
-        times = {name: [] for name in variants}
-        for name, fn in variants.items():
-            q, s = fn(x)
-            row["bad"][name] = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int(
-                (s != rs.flatten()).sum())
-        for _ in range(3):
-            for name, fn in variants.items():
-                times[name].append(bench(lambda fn=fn: fn(x)))
-        row["us"] = {name: min(t) for name, t in times.items()}
-        row["rounds"] = times
+        row = measure(m, k, variants, copy=False)
         best = sorted(row["us"].items(), key=lambda kv: kv[1])[:4]
         print(json.dumps(dict(m=m, k=k, bad=sum(row["bad"].values()), cur=round(row["us"]["cur"], 1),
                               best=[(n, round(t, 1)) for n, t in best])), flush=True)
@@ -232,22 +244,7 @@ def round3(res: dict) -> None:
                 for per_sm in (1, 2, 4, 8):
                     variants[f"loop_w{warps}_p{per_sm}"] = (
                         lambda x, w=warps, p=per_sm * sms: run_loop(x, mode, w, p))
-            x = torch.randn(m, k, device="cuda").half() * 3
-            x[:, :: 97] *= 40
-            rq, rs = quantize_per_token(x)
-            y16 = torch.empty_like(x)
-            row = dict(m=m, k=k, bad={}, us={})
-            times = {"copy16": [], **{name: [] for name in variants}}
-            for name, fn in variants.items():
-                q, s = fn(x)
-                row["bad"][name] = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int(
-                    (s != rs.flatten()).sum())
-            for _ in range(3):
-                times["copy16"].append(bench(lambda: y16.copy_(x)))
-                for name, fn in variants.items():
-                    times[name].append(bench(lambda fn=fn: fn(x)))
-            row["us"] = {name: min(t) for name, t in times.items()}
-            row["rounds"] = times
+            row = measure(m, k, variants, copy=True)
             best = sorted(row["us"].items(), key=lambda kv: kv[1])[:5]
             print(json.dumps(dict(m=m, k=k, bad=sum(row["bad"].values()), cur=round(row["us"]["cur"], 1),
                                   copy=round(row["us"]["copy16"], 1), best=[(n, round(t, 1)) for n, t in best])),
@@ -280,22 +277,7 @@ def main(out: str) -> None:
                 for ch in (2048, 4096, 8192):
                     variants[f"two_c{ch}_w8_d{div}"] = lambda x, d=div, c=ch: run_two(x, mode, d, 8, c, 2)
         for m in (1024, 4096, 8192):
-            x = torch.randn(m, k, device="cuda").half() * 3
-            x[:, :: 97] *= 40  # outliers, so that some rows' codes use the small end of E4M3
-            rq, rs = quantize_per_token(x)
-            row = dict(m=m, k=k, bad={}, us={})
-            y16 = torch.empty_like(x)
-            times = {"copy16": [], **{name: [] for name in variants}}
-            for name, fn in variants.items():
-                q, s = fn(x)
-                row["bad"][name] = int((q.view(torch.uint8) != rq.view(torch.uint8)).sum()) + int(
-                    (s != rs.flatten()).sum())
-            for _ in range(3):
-                times["copy16"].append(bench(lambda: y16.copy_(x)))
-                for name, fn in variants.items():
-                    times[name].append(bench(lambda fn=fn: fn(x)))
-            row["us"] = {name: min(t) for name, t in times.items()}
-            row["rounds"] = times
+            row = measure(m, k, variants, copy=True)
             print(json.dumps(dict(m=m, k=k, bad=row["bad"], us={n: round(t, 1) for n, t in row["us"].items()})),
                   flush=True)
             res["quant"].append(row)
