@@ -271,7 +271,7 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
         if one_pass:
             qblock = max(1024, 1 << (k - 1).bit_length())
             warps = max(4, min(16, qblock // 512))
-        else:  # steps of about K / 7, 8 values a thread (the fastest of the H200's two-pass variants: "act_quant v2")
+        else:  # 8 values a thread per step (the fastest of the H200's two-pass variants: "act_quant v2")
             qblock = 2048 if k <= 16384 else 4096
             warps = qblock // 256
         gdc = has_gdc(x2d)
