@@ -255,16 +255,13 @@ def run_shapes(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], partial=
             # The headline columns HEADLINE_ROUNDS - 1 times more, after the row's other timings; each keeps the
             # median of its rounds. One round carried the order: 70B.gate_up's FP8 op at M = 8192 timed 7764 us
             # right after the FP16 op, and 6286 us as host_path_fp8 later in the same row (Kernels v11).
-            for key, op in headline.items():
-                if op:
-                    r[f"{key}_rounds"] = [r[key]] + [0.0] * (HEADLINE_ROUNDS - 1)
-            for i in range(1, HEADLINE_ROUNDS):
-                for key, op in headline.items():
-                    if op:
-                        r[f"{key}_rounds"][i] = bench(op)
-            for key, op in headline.items():
-                if op:
-                    r[key] = statistics.median(r[f"{key}_rounds"])
+            ops = {key: op for key, op in headline.items() if op}
+            rounds = {key: [r[key]] for key in ops}
+            for _ in range(HEADLINE_ROUNDS - 1):
+                for key, op in ops.items():
+                    rounds[key].append(bench(op))
+            for key, times in rounds.items():
+                r[f"{key}_rounds"], r[key] = times, statistics.median(times)
             flops = 2 * m * n * k
             r["tflops_cublas_fp16"] = flops / r["cublas_fp16_us"] / 1e6
             r["tflops_nested_fp16"] = flops / r["nested_fp16_us"] / 1e6

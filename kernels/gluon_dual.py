@@ -27,7 +27,7 @@ from kernels.fast_launch import cdiv, launch
 from kernels.gluon_common import gl
 from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
 from kernels.split_k import split_buffers
-from kernels.tuning import STREAM_K
+from kernels.tuning import STREAM_K, tile_split
 
 
 @common.jit(do_not_specialize=["M", "programs16", "programs8"])
@@ -49,19 +49,14 @@ def nested_dual_rs_kernel(
     common.gdc_wait()  # act_quant (the kernel before) has ended: the stream's next kernel runs after both
 
 
-def _split(cfg: tuple[int, ...]) -> int:
-    """A tile's programs per output tile (its fifth element; 1 without one)."""
-    return cfg[4] if len(cfg) > 4 else 1
-
-
 def pairable(tile16: tuple[int, ...] | None, cfg8: tuple[int, ...] | None, m: int) -> bool:
     """Whether one launch should hold both: the same weight rows per program (one warp count), no stream-K,
     and the same number of programs at this M. Why the last: where the grids differed (split-K on one side),
     the one launch ran slower than three in FP16 mode (8B.o, M = 1: 21.8 against 21.1 us) and gained nothing
     in FP8 mode; with equal grids it gained 1-13% in FP8 mode (docs/BENCHMARKS.md, "Idle launches")."""
-    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or _split(tile16) == STREAM_K:
+    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or tile_split(tile16) == STREAM_K:
         return False
-    return cdiv(m, tile16[1]) * _split(tile16) == cdiv(m, cfg8[1]) * _split(cfg8)
+    return cdiv(m, tile16[1]) * tile_split(tile16) == cdiv(m, cfg8[1]) * tile_split(cfg8)
 
 
 def nested_dual_gemm_rs(
@@ -91,8 +86,8 @@ def nested_dual_gemm_rs(
     sx = x2d.stride(0)
     descs = (*gluon_fp16.descriptors(x2d, upper, lower, tile16), *gluon_fp8.descriptors(q, upper, cfg8))
     tiles16, tiles8 = cdiv(n, bw) * cdiv(m, bt16), cdiv(n, bw) * cdiv(m, bt8)
-    split16, ws16, sem16 = split_buffers(x2d, tiles16, _split(tile16), bw * bt16, out)
-    split8, ws8, sem8 = split_buffers(x2d, tiles8, _split(cfg8), bw * bt8, out)
+    split16, ws16, sem16 = split_buffers(x2d, tiles16, tile_split(tile16), bw * bt16, out)
+    split8, ws8, sem8 = split_buffers(x2d, tiles8, tile_split(cfg8), bw * bt8, out)
     programs16, programs8 = tiles16 * split16, tiles8 * split8
     so = out.stride(0)
     b = bias if bias is not None else out

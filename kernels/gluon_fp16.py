@@ -43,7 +43,7 @@ from kernels.fast_launch import TmaArg, cdiv, launch
 from kernels.split_k import split_buffers, stream_buffers, stream_programs
 from kernels.gluon_common import gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from kernels.triton_fp8 import FP8_MAX, FP8_MAX_RCP, MIN_ACT_SCALE, prepare
-from kernels.tuning import STREAM_K
+from kernels.tuning import STREAM_K, tile_split
 
 # Shared with kernels.gluon_fp8 (they live in kernels.gluon_common); the dispatcher, the tests and
 # kernels.gluon_sass read them here.
@@ -320,7 +320,7 @@ def programs(tile: tuple[int, ...], m: int, n: int, k: int, device: torch.device
     """How many programs a launch of ``tile`` runs: a program per output tile and split, or (stream-K) one
     per SM, at most one per K step."""
     tiles = cdiv(n, tile[0]) * cdiv(m, tile[1])
-    split = tile[4] if len(tile) > 4 else 1
+    split = tile_split(tile)
     return stream_programs(device, tiles, cdiv(k, tile[2])) if split == STREAM_K else tiles * split
 
 
@@ -382,7 +382,7 @@ def nested_fp16_gemm_rs(
     m, n, k, out = prepare(x2d, upper, lower, out, checked)
     if not checked:
         common.check_launch("nested_fp16_gemm_rs", tile[:4], config_problem(*tile[:4]), x2d, upper, lower)
-        if len(tile) > 4 and tile[4] < 0:
+        if tile_split(tile) < 0:
             raise ValueError(f"split_k must be >= 1, or {STREAM_K} for stream-K; got {tile[4]}")
     block_w, block_t, block_k, stages = tile[:4]
     if m == 0:
@@ -392,7 +392,7 @@ def nested_fp16_gemm_rs(
     so = out.stride(0)
     q, s = quant_out if quant_out is not None else (out, out)
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
-    split_k = tile[4] if len(tile) > 4 else 1
+    split_k = tile_split(tile)
     stream_programs = 0
     if split_k == STREAM_K:
         stream_programs, ws, sem = stream_buffers(x2d, tiles, cdiv(k, block_k), block_w * block_t, out)

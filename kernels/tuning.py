@@ -119,6 +119,11 @@ GluonTile = tuple[int, ...]  # block_w (weight rows), block_t (tokens), block_k,
 STREAM_K = 0  # a GluonTile's split_k for stream-K: one program per SM, K steps of all tiles split evenly
 
 
+def tile_split(tile: tuple[int, ...]) -> int:
+    """A Gluon tile's (or FP8 config's) split_k: its fifth element, 1 without one (``STREAM_K``: stream-K)."""
+    return tile[4] if len(tile) > 4 else 1
+
+
 def gluon_heuristic_tile(m: int) -> GluonTile:
     """For shapes the Gluon table lacks: the most frequent winner per M in the H200 sweep."""
     if m <= 16:

@@ -19,9 +19,7 @@ from kernels.bench import bench
 from kernels.ops import new_mode_tensor
 from kernels.reference import quantize_per_token
 from kernels.triton_fp8 import act_quant
-
-SHAPES = {"8B.qkv": (6144, 4096), "8B.o": (4096, 4096), "8B.gate_up": (28672, 4096), "8B.down": (4096, 14336),
-          "70B.qkv": (10240, 8192), "70B.o": (8192, 8192), "70B.gate_up": (57344, 8192), "70B.down": (8192, 28672)}
+from kernels.tuning import LLAMA_SHAPES
 
 
 def main(before_path: str, out: str) -> None:
@@ -31,7 +29,7 @@ def main(before_path: str, out: str) -> None:
     torch.manual_seed(0)
     mode = new_mode_tensor("cuda", "fp8")
     rows = []
-    for name, (n, k) in SHAPES.items():
+    for name, (n, k) in LLAMA_SHAPES.items():
         w8 = (torch.randn(n, k, device="cuda") * 0.05).to(torch.float8_e4m3fn)
         w16 = w8.half()
         ws = torch.full((1, n), 2.0 ** -8, device="cuda")

@@ -14,8 +14,9 @@ import torch
 from kernels.bench import bench
 from kernels.ops import new_mode_tensor
 from kernels.triton_fp8 import act_quant
+from kernels.tuning import LLAMA_SHAPES
 
-SHAPES = {"8B.qkv": (6144, 4096), "8B.down": (4096, 14336), "70B.o": (8192, 8192), "70B.down": (8192, 28672)}
+SHAPES = {name: LLAMA_SHAPES[name] for name in ("8B.qkv", "8B.down", "70B.o", "70B.down")}
 
 
 def main(out: str) -> None:
