@@ -63,13 +63,15 @@ def scaled_mm_into(q: torch.Tensor, s: torch.Tensor, upper: torch.Tensor, scale_
 
 
 def nested_fp8_scaled_mm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
-                         bias: torch.Tensor | None = None) -> torch.Tensor | None:
+                         bias: torch.Tensor | None = None,
+                         quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
     """FP8-mode ``y = q(x) @ upper.T * (s_x * 2**(-8 + scale_exp)) + bias`` on cuBLASLt, in x's dtype.
 
-    ``mode`` must hold FP8 (the quantization reads it). None if torch refuses the call (the
-    caller then runs the Triton kernel); that shape class is not tried again.
+    ``mode`` must hold FP8 (the quantization reads it). ``quant``: x's codes ([M, K], [M]) if the caller
+    has them; else quantized here. None if torch refuses the call (the caller then runs the Triton
+    kernel); that shape class is not tried again.
     """
-    q, s = act_quant(x2d, mode)
+    q, s = quant if quant is not None else act_quant(x2d, mode)
     y = torch.empty((x2d.shape[0], upper.shape[0]), dtype=x2d.dtype, device=x2d.device)
     try:
         scaled_mm_into(q, s, upper, scale_exp, bias, y)

@@ -70,10 +70,12 @@ def nested_dual_gemm_rs(
     quant: tuple[torch.Tensor, torch.Tensor],
     tile16: tuple[int, ...],
     cfg8: tuple[int, ...],
+    pdl: bool = True,
 ) -> torch.Tensor:
     """Writes ``x2d @ W.T + bias`` into ``out``: W from both planes if ``mode[0] == 0`` (tile ``tile16``), from
     the upper plane on the codes ``quant = (q, s)`` if 1 (config ``cfg8``), as a PDL launch after the kernel
-    that writes ``quant`` (``act_quant``). The caller (the dispatcher) has checked operands, device and TMA
+    that writes ``quant`` (``act_quant``); ``pdl=False``: a plain launch, for codes written before the kernel
+    before (then its waits return at once). The caller (the dispatcher) has checked operands, device and TMA
     addressing, and that ``pairable(tile16, cfg8, M)``."""
     m, k = x2d.shape
     n = upper.shape[0]
@@ -101,6 +103,6 @@ def nested_dual_gemm_rs(
          2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp), programs16, programs8),
         dict(HAS_BIAS=bias is not None, BLOCK_W=bw, GROUP=8, NUM_WARPS=num_warps, BLOCK_T16=bt16, BLOCK_K16=bk16,
              STAGES16=st16, SPLIT16=split16, BLOCK_T8=bt8, BLOCK_K8=bk8, STAGES8=st8, SPLIT8=split8),
-        num_warps, 1, spec, pdl=True,
+        num_warps, 1, spec, pdl=pdl,
     )
     return out

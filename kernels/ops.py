@@ -1,8 +1,12 @@
-"""The ``nestedfp::linear`` custom op: what vLLM's linear method calls.
+"""The ``nestedfp::linear`` custom ops: what vLLM's linear method calls.
 
-An opaque op (with a fake implementation) so ``torch.compile`` does not trace into it and
-CUDA graphs capture it whole. The precision mode is an int32 tensor that the op reads at
+Opaque ops (with fake implementations) so ``torch.compile`` does not trace into them and
+CUDA graphs capture them whole. The precision mode is an int32 tensor that the op reads at
 run time, so flipping it needs no recompile and no graph recapture.
+
+``nestedfp::linear`` quantizes x itself in FP8 mode; ``nestedfp::linear_prequantized`` takes x's
+per-token codes from the caller, who computes them with plain torch ops (``quantize_per_token``) so that
+``torch.compile`` fuses them into the kernel that writes x, as vLLM's own FP8 gets its quantization fused.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import torch
 
 from kernels.mode_state import MODE_CODES, host_mode, register_host_mode, set_host_mode  # noqa: F401 (re-exported)
 from kernels.nested_format import NestedWeight
-from kernels.reference import nested_linear
+from kernels.reference import nested_linear, nested_linear_prequantized
 
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 
@@ -46,12 +50,36 @@ def _nestedfp_linear_fake(x, upper, lower, mode, scale_exp, bias=None):
     return x.new_empty((*x.shape[:-1], upper.shape[0]))
 
 
+@torch.library.custom_op("nestedfp::linear_prequantized", mutates_args=())
+def nestedfp_linear_prequantized(
+    x: torch.Tensor,
+    x_fp8: torch.Tensor,
+    x_scale: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``nestedfp::linear`` on x (mode 0) or on its codes ``x_fp8`` [..., K] E4M3 and scales ``x_scale``
+    [..., 1] fp32 from ``quantize_per_token(x)`` (mode 1)."""
+    nw = NestedWeight(upper, lower, scale_exp)
+    name = MODE_NAMES[int(mode.item())]
+    return nested_linear_prequantized(x, x_fp8, x_scale, nw, name, bias)
+
+
+@nestedfp_linear_prequantized.register_fake
+def _nestedfp_linear_prequantized_fake(x, x_fp8, x_scale, upper, lower, mode, scale_exp, bias=None):
+    return x.new_empty((*x.shape[:-1], upper.shape[0]))
+
+
 def _register_cuda_impl() -> None:
     try:
-        from kernels.triton_dispatch import nested_linear_cuda
+        from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
     except ImportError:  # Triton absent: the reference serves every device
         return
     nestedfp_linear.register_kernel("cuda")(nested_linear_cuda)
+    nestedfp_linear_prequantized.register_kernel("cuda")(nested_linear_prequantized_cuda)
 
 
 _register_cuda_impl()

@@ -28,11 +28,23 @@ def fp8_linear_reference(
 ) -> torch.Tensor:
     """FP8 GEMM on the upper plane: per-token activation scale, fixed weight scale, fp32 accumulate."""
     x_fp8, x_scale = quantize_per_token(x)
+    return fp8_linear_on_codes(x_fp8, x_scale, upper, weight_scale, bias, x.dtype)
+
+
+def fp8_linear_on_codes(
+    x_fp8: torch.Tensor,
+    x_scale: torch.Tensor,
+    upper: torch.Tensor,
+    weight_scale: float,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``fp8_linear_reference`` past its quantization: x's codes and per-token scales ([..., 1]) given."""
     acc = x_fp8.float() @ upper.float().t()
-    y = acc * (x_scale * weight_scale)
+    y = acc * (x_scale.float() * weight_scale)
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    return y.to(out_dtype)
 
 
 def nested_linear(
@@ -43,4 +55,22 @@ def nested_linear(
         return F.linear(x, nested_merge(nw).to(x.dtype), bias)
     if mode == "fp8":
         return fp8_linear_reference(x, nw.upper, nw.fp8_weight_scale, bias)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def nested_linear_prequantized(
+    x: torch.Tensor,
+    x_fp8: torch.Tensor,
+    x_scale: torch.Tensor,
+    nw: NestedWeight,
+    mode: Mode,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``nested_linear`` with x's FP8 codes computed by the caller (``quantize_per_token(x)``): FP16 mode
+    reads x, FP8 mode the codes. Why the caller: under ``torch.compile`` its quantization fuses into the
+    kernel that writes x (an RMSNorm, SiLU-and-mul), as vLLM's own FP8 does."""
+    if mode == "fp16":
+        return nested_linear(x, nw, "fp16", bias)
+    if mode == "fp8":
+        return fp8_linear_on_codes(x_fp8, x_scale, nw.upper, nw.fp8_weight_scale, bias, x.dtype)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -46,6 +46,12 @@ the same grid), the launches are two: ``act_quant`` (idle in FP16 mode), then ``
 kernel, which runs either mode's GEMM as its dependent. On the H200 that made FP8 mode 2-3% faster in
 graphs at M <= 128 and left FP16 mode as it was (docs/BENCHMARKS.md, "Idle launches in CUDA graphs").
 ``NESTEDFP_DUAL=0`` keeps three.
+
+``nested_linear_prequantized_cuda`` (the op ``nestedfp::linear_prequantized``) takes x's codes from its
+caller, whose quantization ``torch.compile`` fuses into the kernel that writes x. It launches what the
+above launches minus every ``act_quant``: on the device pick, the dual kernel alone where the tiles pair
+(then a plain launch: the kernel before it is the caller's, which grants no early start), else the FP16
+GEMM then the FP8 GEMM; on the host pick, one precision's GEMM.
 """
 
 from __future__ import annotations
@@ -128,10 +134,37 @@ def nested_linear_cuda(
     return nested_linear_picked(x, upper, lower, mode, scale_exp, bias, HOST_PICK)
 
 
+def nested_linear_prequantized_cuda(
+    x: torch.Tensor,
+    x_fp8: torch.Tensor,
+    x_scale: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+    mode: torch.Tensor,
+    scale_exp: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``nested_linear_cuda`` with x's codes given: ``x_fp8`` [..., K] E4M3 and ``x_scale`` [..., 1] fp32,
+    as ``quantize_per_token(x)`` makes them. FP8 mode multiplies those codes and launches no quantization
+    (module docstring); FP16 mode reads x, as ``nested_linear_cuda`` does."""
+    k = x.shape[-1]
+    if x_fp8.shape != x.shape or x_fp8.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"x_fp8 must be float8_e4m3fn of x's shape {tuple(x.shape)}, got {x_fp8.dtype} "
+                         f"{tuple(x_fp8.shape)}")
+    if x_scale.numel() != x.numel() // max(k, 1) or x_scale.dtype != torch.float32:
+        raise ValueError(f"x_scale must hold one float32 per row of x, got {x_scale.dtype} {tuple(x_scale.shape)}")
+    q = x_fp8.reshape(-1, k)
+    if not q.is_contiguous() or q.data_ptr() % 16:  # the FP8 GEMMs read [M, K] codes by TMA or as one block
+        q = q.contiguous() if not q.is_contiguous() else q.clone()
+    return nested_linear_picked(x, upper, lower, mode, scale_exp, bias, HOST_PICK, (q, x_scale.reshape(-1)))
+
+
 def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor,
-                         scale_exp: int, bias: torch.Tensor | None, host_pick: bool) -> torch.Tensor:
+                         scale_exp: int, bias: torch.Tensor | None, host_pick: bool,
+                         quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``nested_linear_cuda`` with the pick given: ``host_pick=False`` runs eager calls as CUDA
-    graphs run them (both launches; the warm-up compiles that path with it)."""
+    graphs run them (both launches; the warm-up compiles that path with it). ``quant``: x's codes
+    ([M, K] contiguous, [M]) from the caller (``nested_linear_prequantized_cuda``)."""
     k = x.shape[-1]
     n = upper.shape[0]
     x2d = x if x.dim() == 2 else x.reshape(-1, k)
@@ -144,13 +177,13 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
     if name == "fp16" and fp16_on_cublas(x2d, upper, lower):  # the reference exactly: F.linear, merged weight
         out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
     elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
-        out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias)  # None if torch refused
+        out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias, quant)  # None if torch refused
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         if m and not eager and conditional(x2d):
-            _capture_conditional(x2d, upper, lower, mode, scale_exp, bias, out)
+            _capture_conditional(x2d, upper, lower, mode, scale_exp, bias, out, quant)
         elif m:
-            _launch(x2d, upper, lower, mode, scale_exp, bias, out, name)
+            _launch(x2d, upper, lower, mode, scale_exp, bias, out, name, quant)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
@@ -179,20 +212,24 @@ def fp8_on_cublaslt(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
 
 
 def _capture_conditional(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor,
-                         scale_exp: int, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    """Capture each mode's eager launches as the two bodies of a conditional node on ``mode``."""
+                         scale_exp: int, bias: torch.Tensor | None, out: torch.Tensor,
+                         given: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Capture each mode's eager launches as the two bodies of a conditional node on ``mode``; ``given``:
+    x's codes from the caller."""
     m, k = x2d.shape
-    quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
-             torch.empty((m,), dtype=torch.float32, device=x2d.device))  # bodies must not allocate
-    cuda_conditional.if_else(mode, lambda: _fp8_into(x2d, upper, mode, scale_exp, bias, out, quant),
+    quant = given or (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
+                      torch.empty((m,), dtype=torch.float32, device=x2d.device))  # bodies must not allocate
+    cuda_conditional.if_else(mode, lambda: _fp8_into(x2d, upper, mode, scale_exp, bias, out, quant, given is not None),
                              lambda: _launch(x2d, upper, lower, mode, scale_exp, bias, out, "fp16"))
 
 
 def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
-              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """FP8 mode's eager launches (as ``nested_linear_picked`` makes them) into ``out``, allocating nothing."""
+              out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor], quantized: bool = False) -> None:
+    """FP8 mode's eager launches (as ``nested_linear_picked`` makes them) into ``out``, allocating nothing;
+    ``quantized``: ``quant`` already holds x's codes."""
     if fp8_on_cublaslt(x2d, upper):
-        act_quant(x2d, mode, quant)
+        if not quantized:
+            act_quant(x2d, mode, quant)
         try:
             cublaslt_fp8.scaled_mm_into(*quant, upper, scale_exp, bias, out)
             return
@@ -202,8 +239,9 @@ def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
             return
     g8 = use_gluon_fp8(x2d, upper)
     m, k = x2d.shape
-    if g8 is not None or not get_config("fp8", upper.shape[0], k, m).fused_quant:  # quantized by a launch first
-        act_quant(x2d, mode, quant)
+    if quantized or g8 is not None or not get_config("fp8", upper.shape[0], k, m).fused_quant:
+        if not quantized:  # quantized by a launch first
+            act_quant(x2d, mode, quant)
         _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, g8, pdl=False)  # no PDL edge inside a branch
     else:
         _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, g8)
@@ -226,34 +264,39 @@ def _fp8_gemm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
 
 
 def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor, scale_exp: int,
-            bias: torch.Tensor | None, out: torch.Tensor, name: str | None) -> None:
-    """The Triton/Gluon launches into ``out``: one precision's (``name``) or both (None: device pick)."""
+            bias: torch.Tensor | None, out: torch.Tensor, name: str | None,
+            given: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """The Triton/Gluon launches into ``out``: one precision's (``name``) or both (None: device pick).
+    ``given``: x's codes from the caller; then no launch quantizes."""
     m, k = x2d.shape
     n = upper.shape[0]
-    if name == "fp8":
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, None, use_gluon_fp8(x2d, upper))
+    if name == "fp8":  # on given codes a plain launch: the kernel before is the caller's
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, given, use_gluon_fp8(x2d, upper), pdl=given is None)
         return
     tile = use_gluon(x2d, upper, lower)
     cfg16 = None if tile else get_config("fp16", n, k, m)
-    quant = None
+    quant = given
     g8 = use_gluon_fp8(x2d, upper) if name is None else None
     if name is None and USE_DUAL and gluon_dual.pairable(tile, g8, m):  # two launches, one of them idle and brief
-        quant = act_quant(x2d, mode)
-        gluon_dual.nested_dual_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, quant, tile, g8)
+        if given is None:
+            quant = act_quant(x2d, mode)
+        gluon_dual.nested_dual_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, quant, tile, g8,
+                                       pdl=given is None)
         return
-    if name is None and g8 is None:
+    fp16_quant = None  # codes the FP16 launch writes in FP8 mode
+    if name is None and g8 is None and given is None:
         programs = (gluon_fp16.programs(tile, m, n, k, x2d.device) if tile
                     else cdiv(n, cfg16.block_n) * cdiv(m, cfg16.block_m) * cfg16.split_k)
         # The FP16 launch quantizes x in FP8 mode while it has a program for every two rows or
         # more (decode); past that, act_quant's program-per-row launch is faster than its loop.
         if 2 * programs >= m and not get_config("fp8", n, k, m).fused_quant:
-            quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
-                     torch.empty((m,), dtype=torch.float32, device=x2d.device))
+            quant = fp16_quant = (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
+                                  torch.empty((m,), dtype=torch.float32, device=x2d.device))
     if tile:
-        gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, quant)
+        gluon_fp16.nested_fp16_gemm_rs(x2d, upper, lower, mode, scale_exp, bias, out, tile, True, fp16_quant)
     else:
-        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, quant)
+        nested_fp16_gemm(x2d, upper, lower, mode, scale_exp, bias, out, cfg16, True, fp16_quant)
     if name is None:
-        if g8 is not None:  # act_quant reads only x, so it may run during the FP16 launch; the GEMM's prefetch too
-            quant = act_quant(x2d, mode, pdl=USE_PDL)
+        if g8 is not None and given is None:  # act_quant reads only x: it may run during the FP16 launch, and
+            quant = act_quant(x2d, mode, pdl=USE_PDL)  # so may the GEMM's weight prefetch
         _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, quant, g8)

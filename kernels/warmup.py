@@ -21,6 +21,7 @@ import torch
 from kernels import triton_dispatch
 from kernels.mode_state import set_host_mode
 from kernels.ops import new_mode_tensor
+from kernels.reference import quantize_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def warm_ms(max_m: int) -> list[int]:
 
 def warm_layer(upper: torch.Tensor, lower: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
                max_m: int, dtype: torch.dtype = torch.float16) -> bool:
-    """Run the op on zeros at every ``warm_ms(max_m)``, in both modes, as eager calls (host pick) and
-    as CUDA graphs run it (device pick). Once per (N, K, dtype, pre-scaled, bias, device). Returns
+    """Run both ops on zeros at every ``warm_ms(max_m)``, in both modes, as eager calls (host pick) and
+    as CUDA graphs run them (device pick). Once per (N, K, dtype, pre-scaled, bias, device). Returns
     whether it ran. Uses its own mode tensor: the model's mode is untouched."""
     key = (*upper.shape, dtype, bool(scale_exp), bias is not None, upper.device, max_m)
     if key in _warmed or os.environ.get("NESTEDFP_WARMUP", "1") == "0":
@@ -47,10 +48,12 @@ def warm_layer(upper: torch.Tensor, lower: torch.Tensor, scale_exp: int, bias: t
     mode = new_mode_tensor(upper.device)
     for m in warm_ms(max_m):
         x = torch.zeros(m, upper.shape[1], dtype=dtype, device=upper.device)
+        q, s = quantize_per_token(x)
         for name in ("fp16", "fp8"):
             set_host_mode(mode, name)
             for host_pick in (True, False):
-                triton_dispatch.nested_linear_picked(x, upper, lower, mode, scale_exp, bias, host_pick)
+                for quant in (None, (q, s.reshape(-1))):  # nestedfp::linear, then linear_prequantized
+                    triton_dispatch.nested_linear_picked(x, upper, lower, mode, scale_exp, bias, host_pick, quant)
     if upper.is_cuda:
         torch.cuda.synchronize(upper.device)
     _warmed.add(key)

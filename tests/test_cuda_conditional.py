@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 import torch
 
-from kernels import cuda_conditional, nested_linear, nested_split, triton_dispatch
+from kernels import cuda_conditional, nested_linear, nested_split, quantize_per_token, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
 from tests.kernel_helpers import rel_err
 
@@ -57,22 +57,29 @@ def test_one_capture_runs_the_branch_the_flag_picks_at_each_replay():
 @pytest.mark.parametrize("m,dtype,with_bias", [(1, torch.float16, False), (40, torch.float16, True),
                                                (256, torch.bfloat16, False)])
 @pytest.mark.parametrize("cublaslt_min_m", [1, 1 << 30])
-def test_a_captured_op_replays_the_eager_output_of_each_mode(m, dtype, with_bias, cublaslt_min_m):
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_a_captured_op_replays_the_eager_output_of_each_mode(m, dtype, with_bias, cublaslt_min_m, prequantized):
+    """Either op: ``nestedfp::linear``, or ``linear_prequantized`` on codes made before the capture."""
     n, k = 512, 1024
     nw = nested_split((torch.randn(n, k, device="cuda") * 0.05).half())
     x = torch.randn(m, k, device="cuda").to(dtype)
     bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
     mode = new_mode_tensor("cuda", "fp16")
+    if prequantized:
+        codes = quantize_per_token(x)
+        op = lambda: triton_dispatch.nested_linear_prequantized_cuda(x, *codes, nw.upper, nw.lower, mode, 0, bias)  # noqa: E731
+    else:
+        op = lambda: triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0, bias)  # noqa: E731
     with mock.patch.object(triton_dispatch, "CUBLASLT_FP8_MIN_M", cublaslt_min_m), \
             mock.patch.object(triton_dispatch, "USE_CONDITIONAL", True):
         eager = {}
         for name in ("fp8", "fp16"):
             set_host_mode(mode, name)
-            eager[name] = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0, bias).clone()
+            eager[name] = op().clone()
         g = torch.cuda.CUDAGraph()
         spy = mock.patch.object(cuda_conditional, "if_else", wraps=cuda_conditional.if_else)
         with spy as if_else, torch.cuda.graph(g):
-            y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0, bias)
+            y = op()
         assert if_else.call_count == 1
         for name in ("fp8", "fp16", "fp8", "fp16"):
             set_host_mode(mode, name)

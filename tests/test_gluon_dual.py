@@ -54,8 +54,9 @@ def _recorded(monkeypatch, tile16, cfg8):
 
     monkeypatch.setattr(triton_dispatch, "act_quant", act_quant)
     monkeypatch.setattr(triton_dispatch.gluon_dual, "nested_dual_gemm_rs",
-                        lambda *a: calls.append(("dual", a[8], a[9])))
-    monkeypatch.setattr(triton_dispatch.gluon_fp16, "nested_fp16_gemm_rs", lambda *a: calls.append(("fp16",)))
+                        lambda *a, pdl: calls.append(("dual", a[8], a[9], "pdl" if pdl else "plain")))
+    monkeypatch.setattr(triton_dispatch.gluon_fp16, "nested_fp16_gemm_rs",
+                        lambda *a: calls.append(("fp16",) if a[9] is None else ("fp16", "writes codes")))
     monkeypatch.setattr(triton_dispatch.gluon_fp8, "nested_fp8_gemm_rs",
                         lambda *a, split_k, pdl: calls.append(("fp8", "pdl" if pdl else "plain")))
     return calls
@@ -71,9 +72,26 @@ def test_device_pick_makes_two_launches_where_the_tiles_pair(monkeypatch, pick):
     calls = _recorded(monkeypatch, tile16, cfg8)
     triton_dispatch._launch(x, nw.upper, nw.lower, torch.ones(1, dtype=torch.int32), 0, None,
                             torch.empty(16, 256).half(), pick)
-    assert calls == {None: [("act_quant", "plain"), ("dual", tile16, cfg8)],
+    assert calls == {None: [("act_quant", "plain"), ("dual", tile16, cfg8, "pdl")],
                      "fp8": [("act_quant", "plain"), ("fp8", "pdl")],
                      "fp16": [("fp16",)]}[pick]
+
+
+@pytest.mark.parametrize("pick", [None, "fp8", "fp16"])
+@pytest.mark.parametrize("pair", [True, False])
+def test_given_codes_drop_act_quant_and_the_early_start_after_the_callers_kernel(monkeypatch, pick, pair):
+    """``linear_prequantized``'s launches: no act_quant; the dual kernel and a host-picked FP8 GEMM follow the
+    caller's kernel as plain launches; an FP8 GEMM after the FP16 launch keeps its PDL start."""
+    nw = nested_weights(256, 512, device="cpu")
+    x = torch.randn(16, 512).half()
+    tile16, cfg8 = (64, 16, 128, 5, 2), (64, 16, 256, 5, 2)
+    monkeypatch.setattr(triton_dispatch, "USE_DUAL", pair)
+    calls = _recorded(monkeypatch, tile16, cfg8)
+    given = (torch.empty(16, 512, dtype=torch.float8_e4m3fn), torch.empty(16))
+    triton_dispatch._launch(x, nw.upper, nw.lower, torch.ones(1, dtype=torch.int32), 0, None,
+                            torch.empty(16, 256).half(), pick, given)
+    device_pick = [("dual", tile16, cfg8, "plain")] if pair else [("fp16",), ("fp8", "pdl")]
+    assert calls == {None: device_pick, "fp8": [("fp8", "plain")], "fp16": [("fp16",)]}[pick]
 
 
 @pytest.mark.parametrize("tile16,cfg8,dual", [((64, 256, 64, 5), (128, 16, 256, 5, 1), True),  # warp counts

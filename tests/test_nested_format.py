@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import NestedRangeError, nested_linear, nested_merge, nested_split
+from kernels import NestedRangeError, nested_linear, nested_merge, nested_split, quantize_per_token
 from kernels.accuracy import compare
 from kernels.nested_format import is_in_range
+from kernels.reference import nested_linear_prequantized
 
 ALL_BITS = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
 IN_RANGE = (ALL_BITS.to(torch.int32) & 0x7FFF) < 0x3F80  # |w| < 1.875
@@ -87,6 +88,35 @@ def test_fp8_mode_matches_a_float64_oracle_of_its_own_definition():
     got = nested_linear(x, nw, "fp8").double()
     assert torch.allclose(got, ref, rtol=2e-3, atol=1e-3)
     assert nested_linear(x, nw, "fp8").dtype == torch.float16
+
+
+@pytest.mark.parametrize("mode", ["fp16", "fp8"])
+def test_prequantized_op_equals_the_op_that_quantizes_x_itself_bit_for_bit(mode):
+    """``nestedfp::linear_prequantized`` on ``quantize_per_token(x)``'s codes is ``nestedfp::linear``: the
+    vLLM method may hand either op a layer, and the outputs do not depend on which."""
+    import kernels.ops  # noqa: F401  (defines the ops)
+    from kernels.ops import new_mode_tensor
+
+    nw = nested_split((torch.randn(40, 64) * 0.05).half())
+    x = torch.randn(3, 5, 64).half()
+    b = torch.randn(40).half()
+    q, s = quantize_per_token(x)
+    m = new_mode_tensor("cpu", mode)
+    got = torch.ops.nestedfp.linear_prequantized(x, q, s, nw.upper, nw.lower, m, nw.scale_exp, b)
+    assert torch.equal(got, torch.ops.nestedfp.linear(x, nw.upper, nw.lower, m, nw.scale_exp, b))
+    assert got.shape == (3, 5, 40)
+
+
+def test_prequantized_fp8_mode_multiplies_the_codes_it_is_given():
+    """FP8 mode reads the codes, not x: other codes, another product (so a test of the fused path could fail)."""
+    nw = nested_split((torch.randn(24, 32) * 0.05).half())
+    x = torch.randn(4, 32).half()
+    q, s = quantize_per_token(x)
+    q2, s2 = quantize_per_token(x.flip(0))
+    a = nested_linear_prequantized(x, q, s, nw, "fp8")
+    assert torch.equal(a, nested_linear(x, nw, "fp8"))
+    assert torch.equal(nested_linear_prequantized(x, q2, s2, nw, "fp8"), nested_linear(x.flip(0), nw, "fp8"))
+    assert torch.equal(nested_linear_prequantized(x, q2, s2, nw, "fp16"), nested_linear(x, nw, "fp16"))
 
 
 def test_unknown_mode_is_rejected():

@@ -360,28 +360,80 @@ def test_eager_calls_with_a_mirror_launch_only_the_mirrored_precision(monkeypatc
         assert rel_err(y, nested_linear(x, nw, name)) < (FP16_TOL if name == "fp16" else FP8_TOL)
 
 
+@pytest.mark.parametrize("large_m", [False, True])
+@pytest.mark.parametrize("host_pick", [True, False])
+@pytest.mark.parametrize("mode", ["fp16", "fp8"])
+def test_given_codes_give_the_bits_of_the_op_that_quantizes_and_no_launch_quantizes(monkeypatch, mode, host_pick,
+                                                                                      large_m):
+    """``linear_prequantized``'s CUDA path on ``quantize_per_token``'s codes equals ``nested_linear_cuda`` bit
+    for bit (its quantization is exact), and launches no quantization of its own (none in the FP16 launch)."""
+    monkeypatch.setattr(dispatch, "HOST_PICK", host_pick)
+    if large_m:
+        monkeypatch.setattr(dispatch, "LARGE_M_THRESHOLD", 8)
+    nw = _weights(40, 72, amax=3.0)  # pre-scaled
+    x = torch.randn(9, 72).half()
+    b = torch.randn(40).half()
+    mode_t = new_mode_tensor("cpu", mode)
+    want = dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode_t, nw.scale_exp, b)
+    fp16_codes, fp8_codes = [], []  # what each launch was handed: codes to write, codes to read
+    monkeypatch.setattr(dispatch, "act_quant", lambda *a, **kw: pytest.fail("act_quant launched on given codes"))
+    real16, real8 = dispatch.nested_fp16_gemm, dispatch.nested_fp8_gemm
+    monkeypatch.setattr(dispatch, "nested_fp16_gemm", lambda *a: fp16_codes.append(a[9]) or real16(*a))
+    monkeypatch.setattr(dispatch, "nested_fp8_gemm", lambda *a: fp8_codes.append(a[8]) or real8(*a))
+    q, s = quantize_per_token(x)
+    got = dispatch.nested_linear_prequantized_cuda(x, q, s, nw.upper, nw.lower, mode_t, nw.scale_exp, b)
+    assert torch.equal(got, want)
+    assert fp16_codes or fp8_codes or (host_pick and large_m and mode == "fp16")  # that one is merge + F.linear
+    assert all(c is None for c in fp16_codes)
+    assert all(c is not None and c[0].data_ptr() == q.data_ptr() for c in fp8_codes)
+    assert len(fp8_codes) == (0 if host_pick and mode == "fp16" else 1)
+
+
+def test_given_codes_of_the_wrong_shape_or_dtype_are_refused_with_a_clear_error():
+    nw = _weights(16, 32)
+    x = torch.randn(3, 32).half()
+    q, s = quantize_per_token(x)
+    m = new_mode_tensor("cpu", "fp8")
+    with pytest.raises(ValueError, match="x_fp8"):
+        dispatch.nested_linear_prequantized_cuda(x, q[:2], s, nw.upper, nw.lower, m, 0)
+    with pytest.raises(ValueError, match="x_fp8"):
+        dispatch.nested_linear_prequantized_cuda(x, q.view(torch.uint8), s, nw.upper, nw.lower, m, 0)
+    with pytest.raises(ValueError, match="x_scale"):
+        dispatch.nested_linear_prequantized_cuda(x, q, s[:2], nw.upper, nw.lower, m, 0)
+    with pytest.raises(ValueError, match="x_scale"):
+        dispatch.nested_linear_prequantized_cuda(x, q, s.half(), nw.upper, nw.lower, m, 0)
+
+
 def test_cuda_impl_registers_whichever_module_is_imported_first():
     """The dispatcher reads the mirror from kernels.mode_state, not kernels.ops: no import cycle
     (ops registers the dispatcher on import and would silently skip it on an ImportError)."""
     code = ("from kernels import triton_dispatch; import kernels.ops, torch; "
-            "assert torch._C._dispatch_has_kernel_for_dispatch_key('nestedfp::linear', 'CUDA')")
+            "assert torch._C._dispatch_has_kernel_for_dispatch_key('nestedfp::linear', 'CUDA'); "
+            "assert torch._C._dispatch_has_kernel_for_dispatch_key('nestedfp::linear_prequantized', 'CUDA')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
-def test_warm_up_runs_every_boundary_m_in_both_modes_and_both_picks_once(monkeypatch):
-    """The warm-up launches what serving would (host pick and device pick, fp16 and fp8), on its
-    own mode tensor, once per shape."""
+def test_warm_up_runs_every_boundary_m_in_both_modes_both_picks_and_both_ops_once(monkeypatch):
+    """The warm-up launches what serving would (host pick and device pick, fp16 and fp8, x quantized by
+    the op or given as codes), on its own mode tensor, once per shape."""
     from kernels import warmup
 
     monkeypatch.setattr(warmup, "_warmed", set())
     seen = []
     real = dispatch.nested_linear_picked
-    monkeypatch.setattr(dispatch, "nested_linear_picked",
-                        lambda x, u, lo, mode, se, b, hp: seen.append((x.shape[0], host_mode(mode), hp))
-                        or real(x, u, lo, mode, se, b, hp))
+
+    def spy(x, u, lo, mode, se, b, hp, quant=None):
+        if quant is not None:  # the codes linear_prequantized would be given
+            q, s = quantize_per_token(x)
+            assert torch.equal(quant[0].view(torch.uint8), q.view(torch.uint8)) and torch.equal(quant[1], s.view(-1))
+        seen.append((x.shape[0], host_mode(mode), hp, quant is not None))
+        return real(x, u, lo, mode, se, b, hp, quant)
+
+    monkeypatch.setattr(dispatch, "nested_linear_picked", spy)
     nw = _weights(24, 48)
     assert warmup.warm_ms(20) == [1, 16, 17, 20]
     assert warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20)
-    expected = [(m, md, hp) for m in (1, 16, 17, 20) for md in ("fp16", "fp8") for hp in (True, False)]
+    expected = [(m, md, hp, pq) for m in (1, 16, 17, 20) for md in ("fp16", "fp8") for hp in (True, False)
+                for pq in (False, True)]
     assert sorted(seen) == sorted(expected)
     assert not warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20), "once per shape"

@@ -102,6 +102,44 @@ def test_linear_layers_are_nested_prescaled_or_kept_plain_as_their_ranges_allow(
     assert report["prescaled"] == ["model.layers.0.mlp.down_proj"]
     assert report["plain"] == ["model.layers.1.mlp.down_proj"]
     assert len(report["nested"]) == 15
+    # Every nested layer but the attention output projections quantizes x before the op (fused by compile).
+    assert report["prequantized"] == [n for n in report["nested"] if not n.endswith("o_proj")]
+    assert len(report["prequantized"]) == 11
+
+
+@pytest.mark.parametrize("prefix, prequantized", [
+    ("model.layers.0.self_attn.qkv_proj", True), ("model.layers.0.self_attn.o_proj", False),
+    ("model.layers.0.mlp.gate_up_proj", True), ("model.layers.0.mlp.down_proj", True),
+])
+def test_apply_gives_the_reference_output_in_both_modes_whichever_op_the_layer_calls(prefix, prequantized):
+    from kernels import nested_linear, nested_split
+    from kernels.vllm_plugin import nestedfp_method, precision
+
+    w = (torch.randn(24, 40) * 0.05).half()
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(w, requires_grad=False)
+    method = nestedfp_method.NestedFPLinearMethod(prefix)
+    method.process_weights_after_loading(layer)
+    assert layer.nestedfp_prequantize is prequantized
+    x = torch.randn(5, 40).half()
+    try:
+        for mode in ("fp16", "fp8", "fp16"):
+            precision.set_mode(mode)
+            assert torch.equal(method.apply(layer, x), nested_linear(x, nested_split(w), mode))
+    finally:
+        precision.set_mode("fp16")
+
+
+def test_prequantize_switch_picks_no_layer_or_the_named_ones(monkeypatch):
+    from kernels.vllm_plugin import nestedfp_method
+
+    names = [f"model.layers.3.{n}" for n in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+                                             "mlp.down_proj")]
+    assert [nestedfp_method.prequantizes(n) for n in names] == [True, False, True, True]
+    monkeypatch.setattr(nestedfp_method, "PREQUANTIZE", "0")
+    assert not any(nestedfp_method.prequantizes(n) for n in names)
+    monkeypatch.setattr(nestedfp_method, "PREQUANTIZE", "qkv_proj,gate_up_proj")
+    assert [nestedfp_method.prequantizes(n) for n in names] == [True, False, True, False]
 
 
 def test_nestedfp_model_holds_exactly_the_fp16_checkpoint_bytes(nested, tiny_model):

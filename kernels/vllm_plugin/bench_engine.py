@@ -30,6 +30,17 @@ VARIANTS = {
     "nestedfp_fp8": dict(quantization="nestedfp", mode="fp8"),
     "vllm_fp8": dict(quantization="fp8", mode=None),
 }
+# For A/B runs (not in the default list): every layer on nestedfp::linear, which quantizes x itself. Its own
+# compile cache, since vLLM's cache key does not see the environment switch and the traced graph differs.
+NO_PREQUANTIZE = {"NESTEDFP_PREQUANTIZE": "0", "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-no-prequantize")}
+NORM_ONLY = {"NESTEDFP_PREQUANTIZE": "qkv_proj,gate_up_proj",  # the layers after an RMSNorm
+             "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-prequantize-norm-only")}
+EXTRA_VARIANTS = {
+    "nestedfp_fp16_no_prequantize": dict(quantization="nestedfp", mode="fp16", env=NO_PREQUANTIZE),
+    "nestedfp_fp8_no_prequantize": dict(quantization="nestedfp", mode="fp8", env=NO_PREQUANTIZE),
+    "nestedfp_fp16_prequantize_norm_only": dict(quantization="nestedfp", mode="fp16", env=NORM_ONLY),
+    "nestedfp_fp8_prequantize_norm_only": dict(quantization="nestedfp", mode="fp8", env=NORM_ONLY),
+}
 
 
 def _prompts(n: int, length: int, seed: int, vocab: int = 32000):
@@ -55,7 +66,7 @@ def run_variant(model: str, name: str) -> dict:
     """Offline throughput of one variant on every workload (CUDA graphs and torch.compile on)."""
     from vllm import LLM, SamplingParams
 
-    v = VARIANTS[name]
+    v = {**VARIANTS, **EXTRA_VARIANTS}[name]
     t0 = time.perf_counter()
     llm = LLM(**_engine_kwargs(model, v["quantization"]))
     startup = time.perf_counter() - t0
@@ -64,7 +75,7 @@ def run_variant(model: str, name: str) -> dict:
     out = {"variant": name, "startup_s": startup, "weight_bytes": llm.collective_rpc("model_weight_bytes")[0]}
     if v["quantization"] == "nestedfp":
         rep = llm.collective_rpc("nestedfp_report")[0]
-        out["nested_layers"] = {k: len(rep[k]) for k in ("nested", "prescaled", "plain")}
+        out["nested_layers"] = {k: len(rep[k]) for k in ("nested", "prescaled", "plain", "prequantized")}
     for wl, (n, p_len, o_len) in WORKLOADS.items():
         prompts = _prompts(n, p_len, seed=1)
         params = SamplingParams(max_tokens=o_len, ignore_eos=True, temperature=0.0, detokenize=False)
@@ -142,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="/root/models/llama-3.1-8b")
     ap.add_argument("--out", default="engine_bench.json")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated; also {', '.join(EXTRA_VARIANTS)}")
     ap.add_argument("--skip-switch-test", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--switch-only", action="store_true", help=argparse.SUPPRESS)
@@ -155,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = {"date": time.strftime("%Y-%m-%d"), "model": a.model, "workloads": WORKLOADS, "variants": {}}
 
-    def child(*extra: str) -> dict | None:
+    def child(*extra: str, env: dict[str, str] | None = None) -> dict | None:
         p = subprocess.run([sys.executable, "-m", "kernels.vllm_plugin.bench_engine", "--model", a.model, *extra],
-                           capture_output=True, text=True, env=os.environ)
+                           capture_output=True, text=True, env={**os.environ, **(env or {})})
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode or not lines:
             print(p.stdout[-3000:], p.stderr[-6000:], sep="\n", file=sys.stderr)
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         return json.loads(lines[-1][7:])
 
     for name in a.variants.split(","):
-        results["variants"][name] = child("--one", name)
+        results["variants"][name] = child("--one", name, env={**VARIANTS, **EXTRA_VARIANTS}[name].get("env"))
         json.dump(results, open(a.out, "w"), indent=1)
     if not a.skip_switch_test:
         results["switching"] = child("--switch-only")

@@ -1,13 +1,22 @@
 """The ``nestedfp`` quantization method: FP16 checkpoints stored as two byte planes.
 
 Loads an ordinary FP16 checkpoint; after loading, each linear weight is split into its
-E4M3 upper plane and residual lower plane (same bytes as FP16). The linear method calls the
-``nestedfp::linear`` op, which reads the shared mode tensor at run time.
+E4M3 upper plane and residual lower plane (same bytes as FP16). The linear method calls a
+``nestedfp`` op, which reads the shared mode tensor at run time.
+
+Where a layer's input is written by an elementwise kernel (an RMSNorm before qkv_proj and gate_up_proj,
+SiLU-and-mul before down_proj), the method quantizes x per token itself, in plain torch ops, and calls
+``nestedfp::linear_prequantized``: ``torch.compile`` fuses that quantization into the kernel that writes x,
+as it does for vLLM's own FP8. The price is that FP16 mode computes the codes too (one byte per value
+written by a kernel that writes two already). An attention output projection's input comes from the
+attention kernel, with nothing to fuse into, so it keeps ``nestedfp::linear``, which quantizes x only in
+FP8 mode. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -21,10 +30,22 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from kernels import split_k
 from kernels.nested_format import NestedRangeError, nested_split
+from kernels.reference import quantize_per_token
 from kernels.vllm_plugin.precision import mode_tensor
 from kernels.warmup import warm_layer
 
 logger = logging.getLogger(__name__)
+
+# "1": the rule below; "0": no layer; else a comma-separated list of the layer-name suffixes that do.
+PREQUANTIZE = os.environ.get("NESTEDFP_PREQUANTIZE", "1")
+ATTENTION_OUTPUT_SUFFIXES = ("o_proj", "out_proj")  # layers whose input the attention kernel writes
+
+
+def prequantizes(prefix: str) -> bool:
+    """Whether the layer named ``prefix`` quantizes x in ``apply`` (module docstring)."""
+    if PREQUANTIZE in ("0", "1"):
+        return PREQUANTIZE == "1" and not prefix.endswith(ATTENTION_OUTPUT_SUFFIXES)
+    return prefix.endswith(tuple(PREQUANTIZE.split(",")))
 
 
 @register_quantization_config("nestedfp")
@@ -113,6 +134,7 @@ class NestedFPLinearMethod(LinearMethodBase):
         layer.lower = Parameter(nw.lower, requires_grad=False)
         layer.nestedfp_scale_exp = nw.scale_exp
         layer.nestedfp_nested = True
+        layer.nestedfp_prequantize = prequantizes(self.prefix)
         layer.register_buffer("nestedfp_mode", mode_tensor(nw.upper.device), persistent=False)
         if nw.scale_exp:
             logger.info("nestedfp: %s nested with pre-scale 2**-%d", self.prefix, nw.scale_exp)
@@ -126,6 +148,11 @@ class NestedFPLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not layer.nestedfp_nested:
             return torch.nn.functional.linear(x, layer.weight, bias)
+        if layer.nestedfp_prequantize:
+            x_fp8, x_scale = quantize_per_token(x)
+            return torch.ops.nestedfp.linear_prequantized(
+                x, x_fp8, x_scale, layer.upper, layer.lower, layer.nestedfp_mode, layer.nestedfp_scale_exp, bias
+            )
         return torch.ops.nestedfp.linear(
             x, layer.upper, layer.lower, layer.nestedfp_mode, layer.nestedfp_scale_exp, bias
         )

@@ -28,18 +28,22 @@ class PrecisionWorkerExtension:
                 yield name, module
 
     def nestedfp_report(self) -> dict:
-        """How many linear layers are nested, pre-scaled, or kept in plain FP16."""
-        nested, prescaled, plain, weight_bytes = [], [], [], 0
+        """Which linear layers are nested, pre-scaled, kept in plain FP16, or quantize x before the op
+        (``nestedfp_method.prequantizes``)."""
+        nested, prescaled, plain, prequantized, weight_bytes = [], [], [], [], 0
         for name, m in self._linear_layers():
             if m.nestedfp_nested:
                 nested.append(name)
                 if m.nestedfp_scale_exp:
                     prescaled.append(name)
+                if m.nestedfp_prequantize:
+                    prequantized.append(name)
                 weight_bytes += m.upper.numel() * m.upper.element_size() + m.lower.numel() * m.lower.element_size()
             else:
                 plain.append(name)
                 weight_bytes += m.weight.numel() * m.weight.element_size()
-        return {"nested": nested, "prescaled": prescaled, "plain": plain, "linear_weight_bytes": weight_bytes}
+        return {"nested": nested, "prescaled": prescaled, "plain": plain, "prequantized": prequantized,
+                "linear_weight_bytes": weight_bytes}
 
     def model_weight_bytes(self) -> int:
         """Bytes of every parameter the model holds (both planes count for nested layers)."""

@@ -1,0 +1,114 @@
+"""``nestedfp::linear_prequantized`` on a Hopper GPU: x's codes from the caller, no quantization launch.
+
+Against ``nestedfp::linear`` (which quantizes x itself, exactly as ``quantize_per_token`` does): bit-equal
+outputs on every path the dispatcher takes (the dual kernel where the H200 tables pair, FP16 + FP8 launches
+where they do not, the Triton kernels off the tables, cuBLASLt at eager large M), eagerly and in a CUDA graph
+that follows mode flips. Under ``torch.compile``: the quantization fuses into the RMSNorm kernel before it,
+which is why the vLLM method calls this op (``kernels.vllm_plugin.nestedfp_method``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import nested_linear, quantize_per_token, triton_dispatch
+from kernels.ops import new_mode_tensor, set_host_mode
+from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
+
+pytestmark = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
+TOL = {"fp16": 5e-3, "fp8": 5e-3}
+# (M, N, K): 8B.qkv where the tables pair (M = 1, 64) and not (256); 8B.o at M = 1 (split mismatch: three
+# launches); off the tables (Triton kernels); from LARGE_M_THRESHOLD (cuBLASLt / merge + cuBLAS eagerly).
+CASES = [(1, 6144, 4096), (64, 6144, 4096), (256, 6144, 4096), (1, 4096, 4096), (7, 200, 528), (1025, 4096, 4096)]
+
+
+def _prequantized(x, nw, mode, bias=None):
+    q, s = quantize_per_token(x)
+    return torch.ops.nestedfp.linear_prequantized(x, q, s, nw.upper, nw.lower, mode, nw.scale_exp, bias)
+
+
+@pytest.mark.parametrize("host_pick", [True, False])
+@pytest.mark.parametrize("m,n,k", CASES)
+def test_given_codes_give_the_bits_of_the_op_that_quantizes(monkeypatch, m, n, k, host_pick):
+    monkeypatch.setattr(triton_dispatch, "HOST_PICK", host_pick)
+    nw = nested_weights(n, k, amax=3.0)  # pre-scaled
+    x = torch.randn(m, k, device="cuda").half()
+    b = torch.randn(n, device="cuda").half()
+    mode = new_mode_tensor("cuda")
+    for name in ("fp16", "fp8", "fp16"):
+        set_host_mode(mode, name)
+        want = torch.ops.nestedfp.linear(x, nw.upper, nw.lower, mode, nw.scale_exp, b)
+        got = _prequantized(x, nw, mode, b)
+        assert torch.equal(got, want), name
+        assert rel_err(got, nested_linear(x, nw, name, b)) < TOL[name], name
+
+
+@pytest.mark.parametrize("m", [1, 16, 64, 100])
+def test_one_graph_with_the_quantization_in_it_follows_mode_flips(m):
+    """Captured once (device pick), torch's quantization and the op together: each replay equals the eager
+    op of the mode it runs in, with x changing between replays."""
+    n, k = 6144, 4096
+    nw = nested_weights(n, k)
+    x = torch.randn(m, k, device="cuda").half()
+    mode = new_mode_tensor("cuda", "fp16")
+    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+
+    def step():
+        out.copy_(_prequantized(x, nw, mode))
+
+    step()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    try:
+        for i, name in enumerate(("fp8", "fp16", "fp8", "fp16", "fp8")):
+            set_host_mode(mode, name)
+            x.copy_(torch.randn_like(x))
+            out.fill_(float("nan"))
+            g.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, torch.ops.nestedfp.linear(x, nw.upper, nw.lower, mode, 0)), (i, name)
+    finally:
+        set_host_mode(mode, "fp16")
+
+
+def test_compile_fuses_the_quantization_into_the_rms_norm_kernel():
+    """What the vLLM method relies on: Inductor writes x, its codes and its scales in one kernel (RMSNorm +
+    per-token quantization), then calls the op. Inductor quantizes the normalized x before rounding it to fp16
+    (it keeps fused intermediates in fp32), so a few codes sit one E4M3 step from ``quantize_per_token`` of the
+    fp16 x it returns: counted and printed, and bounded."""
+    from torch._inductor.utils import run_and_get_code
+
+    n, k, m = 4096, 4096, 64
+    nw = nested_weights(n, k)
+    gamma = torch.rand(k, device="cuda").half() + 0.5
+    mode = new_mode_tensor("cuda", "fp8")
+
+    def norm_then_linear(x):
+        h = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).half() * gamma
+        q, s = quantize_per_token(h)
+        return torch.ops.nestedfp.linear_prequantized(h, q, s, nw.upper, nw.lower, mode, 0), h, q, s
+
+    x = torch.randn(m, k, device="cuda").half()
+    compiled = torch.compile(norm_then_linear, fullgraph=True)
+    (y, h, q, s), codes = run_and_get_code(compiled, x)
+    kernels = sum(c.count("@triton.jit") for c in codes)
+    print(f"Inductor kernels: {kernels}")
+    assert kernels == 1, "the RMSNorm and the quantization should be one kernel"
+    rq, rs = quantize_per_token(h)
+    qf, rqf = q.float(), rq.float()
+    differ = (qf != rqf).sum().item()
+    print(f"codes that differ from quantize_per_token(h): {differ} of {q.numel()}; "
+          f"max scale rel diff {((s - rs).abs() / rs).max().item():.1e}")
+    assert differ < q.numel() // 100
+    assert ((s - rs).abs() <= rs * 2.0**-10).all()  # amax differs by at most fp16 rounding
+    step = torch.where(rqf.abs() >= 2.0**-6, 2.0 ** (torch.floor(torch.log2(rqf.abs().clamp_min(2.0**-6))) - 3), 2.0**-9)
+    assert ((qf - rqf).abs() <= step * 1.01 + (qf.abs() * 2.0**-10)).all(), "a code more than one step away"
+    assert rel_err(y, nested_linear(h, nw, "fp8")) < TOL["fp8"]
+    try:
+        set_host_mode(mode, "fp16")
+        y16, h16, _, _ = compiled(x)
+        assert rel_err(y16, nested_linear(h16, nw, "fp16")) < TOL["fp16"]
+    finally:
+        set_host_mode(mode, "fp16")
