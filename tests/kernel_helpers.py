@@ -37,6 +37,28 @@ def nested_weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
     return nested_split(w.half())
 
 
+def replays_follow_mode_flips(op, x: torch.Tensor, mode: torch.Tensor, check,
+                              flips: tuple[str, ...] = ("fp8", "fp16", "fp8", "fp16", "fp8")) -> None:
+    """Capture ``op()`` (which returns its output) in one CUDA graph, then for each mode of ``flips``: set it,
+    refresh ``x`` in place, poison the output, replay, and ``check(out, name, step)``. The mode ends as fp16."""
+    from kernels.ops import set_host_mode
+
+    op()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = op()
+    try:
+        for step, name in enumerate(flips):
+            set_host_mode(mode, name)
+            x.copy_(torch.randn_like(x))
+            out.fill_(float("nan"))
+            g.replay()
+            torch.cuda.synchronize()
+            check(out, name, step)
+    finally:
+        set_host_mode(mode, "fp16")
+
+
 def poison_split_k_workspace(device: torch.device) -> None:
     """Fill the device's split-K workspace with NaN, so that ``split_k_partials_written`` can tell."""
     from kernels import split_k

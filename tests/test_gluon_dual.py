@@ -17,7 +17,7 @@ import torch
 from kernels import gluon_dual as D
 from kernels import nested_linear, triton_dispatch
 from kernels.fast_launch import TmaArg
-from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
+from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, replays_follow_mode_flips
 
 needs_hopper = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 TOL = {"fp16": 5e-3, "fp8": 5e-3}
@@ -191,7 +191,7 @@ def test_bias_prescale_and_bf16(dtype):
 def test_one_graph_follows_mode_flips_with_fresh_inputs(m):
     """The op captured once (device pick; the dual kernel where the H200 tables pair): each replay equals the
     eager device-pick call of the mode it runs in, while x changes between replays."""
-    from kernels.ops import new_mode_tensor, set_host_mode
+    from kernels.ops import new_mode_tensor
     from kernels.tuning import gluon_fp8_config, gluon_tile
 
     n, k = 6144, 4096  # 8B.qkv: the H200 tables pair there up to M = 128
@@ -199,22 +199,11 @@ def test_one_graph_follows_mode_flips_with_fresh_inputs(m):
     nw = nested_weights(n, k)
     x = torch.randn(m, k, device="cuda").half()
     mode = new_mode_tensor("cuda", "fp16")
-    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
 
-    def op():
-        out.copy_(triton_dispatch.nested_linear_picked(x, nw.upper, nw.lower, mode, 0, None, False))
-
-    op()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        op()
-    for step, name in enumerate(("fp8", "fp16", "fp8", "fp16", "fp8")):
-        set_host_mode(mode, name)
-        x.copy_(torch.randn_like(x))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
+    def check(out, name, step):
         eager = triton_dispatch.nested_linear_picked(x, nw.upper, nw.lower, mode, 0, None, False)
         assert torch.equal(out, eager), (step, name)
         assert rel_err(out, nested_linear(x, nw, name)) < TOL[name], (step, name)
-    set_host_mode(mode, "fp16")
+
+    replays_follow_mode_flips(lambda: triton_dispatch.nested_linear_picked(x, nw.upper, nw.lower, mode, 0, None, False),
+                              x, mode, check)

@@ -14,7 +14,7 @@ import torch
 
 from kernels import nested_linear, quantize_per_token, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
-from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err
+from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, replays_follow_mode_flips
 
 pytestmark = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 TOL = {"fp16": 5e-3, "fp8": 5e-3}
@@ -52,25 +52,11 @@ def test_one_graph_with_the_quantization_in_it_follows_mode_flips(m):
     nw = nested_weights(n, k)
     x = torch.randn(m, k, device="cuda").half()
     mode = new_mode_tensor("cuda", "fp16")
-    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
 
-    def step():
-        out.copy_(_prequantized(x, nw, mode))
+    def check(out, name, step):
+        assert torch.equal(out, torch.ops.nestedfp.linear(x, nw.upper, nw.lower, mode, 0)), (step, name)
 
-    step()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    try:
-        for i, name in enumerate(("fp8", "fp16", "fp8", "fp16", "fp8")):
-            set_host_mode(mode, name)
-            x.copy_(torch.randn_like(x))
-            out.fill_(float("nan"))
-            g.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, torch.ops.nestedfp.linear(x, nw.upper, nw.lower, mode, 0)), (i, name)
-    finally:
-        set_host_mode(mode, "fp16")
+    replays_follow_mode_flips(lambda: _prequantized(x, nw, mode), x, mode, check)
 
 
 def test_compile_fuses_the_quantization_into_the_rms_norm_kernel():

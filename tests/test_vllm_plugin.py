@@ -112,6 +112,8 @@ def test_linear_layers_are_nested_prescaled_or_kept_plain_as_their_ranges_allow(
     ("model.layers.0.mlp.gate_up_proj", True), ("model.layers.0.mlp.down_proj", True),
 ])
 def test_apply_gives_the_reference_output_in_both_modes_whichever_op_the_layer_calls(prefix, prequantized):
+    """Traced (as vLLM compiles the model), the layers fed by elementwise kernels call linear_prequantized with
+    the quantization in the graph; eager calls, and o_proj, call nestedfp::linear. Outputs are the reference's."""
     from kernels import nested_linear, nested_split
     from kernels.vllm_plugin import nestedfp_method, precision
 
@@ -121,13 +123,25 @@ def test_apply_gives_the_reference_output_in_both_modes_whichever_op_the_layer_c
     method = nestedfp_method.NestedFPLinearMethod(prefix)
     method.process_weights_after_loading(layer)
     assert layer.nestedfp_prequantize is prequantized
+    ops = []
+
+    def record(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
+        return gm.forward
+
+    traced = torch.compile(lambda x: method.apply(layer, x), backend=record, fullgraph=True)
     x = torch.randn(5, 40).half()
     try:
         for mode in ("fp16", "fp8", "fp16"):
             precision.set_mode(mode)
-            assert torch.equal(method.apply(layer, x), nested_linear(x, nested_split(w), mode))
+            want = nested_linear(x, nested_split(w), mode)
+            assert torch.equal(method.apply(layer, x), want)
+            assert torch.equal(traced(x), want)
     finally:
         precision.set_mode("fp16")
+    called = [op for op in ops if op.startswith("nestedfp.")]
+    assert called == ["nestedfp.linear_prequantized" if prequantized else "nestedfp.linear"]  # one trace, no recompile
+    assert any("amax" in op for op in ops) is prequantized  # the quantization is in the traced graph
 
 
 def test_prequantize_switch_picks_no_layer_or_the_named_ones(monkeypatch):

@@ -10,7 +10,10 @@ SiLU-and-mul before down_proj), the method quantizes x per token itself, in plai
 as it does for vLLM's own FP8. The price is that FP16 mode computes the codes too (one byte per value
 written by a kernel that writes two already). An attention output projection's input comes from the
 attention kernel, with nothing to fuse into, so it keeps ``nestedfp::linear``, which quantizes x only in
-FP8 mode. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``.
+FP8 mode. So does every layer when nothing compiles the model (``enforce_eager``): unfused, the torch ops would
+be separate kernels. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``; a comma-separated
+list of layer-name suffixes picks the layers. On the H200 it made FP8 mode 0.5-2.7% faster in the engine and
+FP16 mode 0.7-1.8% slower (docs/BENCHMARKS.md, "Engine v9"): shipped on, as FP8 is the mode that runs under load.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ class NestedFPLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not layer.nestedfp_nested:
             return torch.nn.functional.linear(x, layer.weight, bias)
-        if layer.nestedfp_prequantize:
+        if layer.nestedfp_prequantize and torch.compiler.is_compiling():  # traced: the quantization will fuse
             x_fp8, x_scale = quantize_per_token(x)
             return torch.ops.nestedfp.linear_prequantized(
                 x, x_fp8, x_scale, layer.upper, layer.lower, layer.nestedfp_mode, layer.nestedfp_scale_exp, bias
