@@ -12,7 +12,7 @@ written by a kernel that writes two already). An attention output projection's i
 attention kernel, with nothing to fuse into, so it keeps ``nestedfp::linear``, which quantizes x only in
 FP8 mode. So does every layer when nothing compiles the model (``enforce_eager``): unfused, the torch ops would
 be separate kernels. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``; a comma-separated
-list of layer-name suffixes picks the layers. On the H200 it made FP8 mode 0.5-2.7% faster in the engine and
+list of layer-name suffixes picks the layers. On the H200 it made FP8 mode 0.7-2.8% faster in the engine and
 FP16 mode 0.7-1.8% slower (docs/BENCHMARKS.md, "Engine v9"): shipped on, as FP8 is the mode that runs under load.
 """
 
