@@ -27,7 +27,8 @@ the epilogue, and resets the semaphore: the mechanism and the buffers of ``kerne
 Mode: the kernel reads the one-element int32 ``mode`` on the device first and exits unless it is 1 (FP8).
 
 Programmatic dependent launch (``pdl=True``): the kernel may start while the kernel before it, which
-quantizes x, still runs (that kernel lets it start at once: ``gdc_launch_dependents``). The TMA worker
+quantizes x (or, for ``nestedfp::linear_prequantized``, is the idle FP16 launch after the caller's
+quantization), still runs (that kernel lets it start at once: ``gdc_launch_dependents``). The TMA worker
 requests the weight tiles of the ring's first pass, then waits for that kernel (``griddepcontrol.wait``)
 before it requests x's codes; the consumers wait too before they read x's scales, and so does the FP16-mode
 exit, so the next kernel in the stream still runs after both. At decode the quantization took about as
@@ -249,7 +250,8 @@ def nested_fp8_gemm_rs(
     per tile where its buffers cannot be had, e.g. inside a capture that would have to allocate them).
     ``checked``: the caller has checked operands, device, tile and TMA addressing.
     ``pdl``: launched as a programmatic dependent of the kernel before, which writes ``xq`` and ``xs``
-    (the FP16 launch or ``act_quant``): the weight prefetch overlaps that kernel (module docstring).
+    (the FP16 launch or ``act_quant``) or runs after the kernel that did: the weight prefetch overlaps that
+    kernel (module docstring).
     Raises ``GluonUnavailable`` off Hopper or without Gluon; ``TypeError`` / ``ValueError`` for
     operands or tiles that cannot work.
     """

@@ -250,10 +250,10 @@ def _fp8_into(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
 def _fp8_gemm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
               out: torch.Tensor, quant: tuple[torch.Tensor, torch.Tensor] | None, g8: GluonFp8Config | None,
               pdl: bool = True) -> None:
-    """FP8 mode's GEMM into ``out``, on x's codes from the launch before (``quant``; None: quantized
-    here): the Gluon kernel with config ``g8`` (``use_gluon_fp8``, the caller's), else the Triton one.
-    The Gluon kernel is a programmatic dependent of that launch (``pdl``), so its weight prefetch
-    overlaps the quantization."""
+    """FP8 mode's GEMM into ``out``, on x's codes ``quant`` (from the launch before, or from the caller of
+    ``linear_prequantized``; None: quantized here): the Gluon kernel with config ``g8`` (``use_gluon_fp8``,
+    the caller's), else the Triton one. The Gluon kernel is a programmatic dependent of the launch before
+    (``pdl``), so its weight prefetch overlaps that launch; it reads the codes only after that launch ends."""
     m, k = x2d.shape
     if g8 is None:
         nested_fp8_gemm(x2d, upper, mode, scale_exp, bias, out, get_config("fp8", upper.shape[0], k, m), True, quant)
