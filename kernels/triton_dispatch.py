@@ -155,7 +155,7 @@ def nested_linear_prequantized_cuda(
         raise ValueError(f"x_scale must hold one float32 per row of x, got {x_scale.dtype} {tuple(x_scale.shape)}")
     q = x_fp8.reshape(-1, k)
     if not q.is_contiguous() or q.data_ptr() % 16:  # the FP8 GEMMs read [M, K] codes by TMA or as one block
-        q = q.contiguous() if not q.is_contiguous() else q.clone()
+        q = q.clone(memory_format=torch.contiguous_format)
     return nested_linear_picked(x, upper, lower, mode, scale_exp, bias, HOST_PICK, (q, x_scale.reshape(-1)))
 
 

@@ -41,6 +41,7 @@ EXTRA_VARIANTS = {
     "nestedfp_fp16_prequantize_norm_only": dict(quantization="nestedfp", mode="fp16", env=NORM_ONLY),
     "nestedfp_fp8_prequantize_norm_only": dict(quantization="nestedfp", mode="fp8", env=NORM_ONLY),
 }
+ALL_VARIANTS = {**VARIANTS, **EXTRA_VARIANTS}
 
 
 def _prompts(n: int, length: int, seed: int, vocab: int = 32000):
@@ -66,7 +67,7 @@ def run_variant(model: str, name: str) -> dict:
     """Offline throughput of one variant on every workload (CUDA graphs and torch.compile on)."""
     from vllm import LLM, SamplingParams
 
-    v = {**VARIANTS, **EXTRA_VARIANTS}[name]
+    v = ALL_VARIANTS[name]
     t0 = time.perf_counter()
     llm = LLM(**_engine_kwargs(model, v["quantization"]))
     startup = time.perf_counter() - t0
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         return json.loads(lines[-1][7:])
 
     for name in a.variants.split(","):
-        results["variants"][name] = child("--one", name, env={**VARIANTS, **EXTRA_VARIANTS}[name].get("env"))
+        results["variants"][name] = child("--one", name, env=ALL_VARIANTS[name].get("env"))
         json.dump(results, open(a.out, "w"), indent=1)
     if not a.skip_switch_test:
         results["switching"] = child("--switch-only")
