@@ -9,6 +9,7 @@ SHAPE ?= spike
 DURATION ?= 120
 REPORT ?= reports/$(SHAPE)
 LOADTEST_ARGS ?=
+FAST_PATH ?= 0
 
 .PHONY: install test serve loadtest loadtest-compare bench clean
 
@@ -30,7 +31,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
+# FAST_PATH=1: Ray Serve's HAProxy ingress and throughput options (deployments/fast_path.py, README).
 serve: install
+	$(if $(filter 1,$(FAST_PATH)),eval "$$($(PY) -m deployments.fast_path)" &&) \
 	$(VENV)/bin/serve run $(if $(CONFIG),$(CONFIG),app:main)
 
 loadtest: install

@@ -3,18 +3,23 @@
 OpenAI routes, model cards, request validation and SSE framing come from ``OpenAiIngress``.
 Added here: response headers naming the replica and its mode, ``/admin/precision`` and
 ``/admin/policy`` (bearer token), ``/metrics``, OpenAI-style 4xx bodies for malformed requests, 503
-on overload, and a typed Python API for ``DeploymentHandle`` callers.
+on overload, requests sent again when their replica dies before the first output, and a typed Python API
+for ``DeploymentHandle`` callers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import logging
 import secrets
-from typing import Any, AsyncGenerator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from ray.exceptions import RayActorError
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress, init
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -24,13 +29,55 @@ from deployments.client_types import CompletionInput, CompletionOutput, PolicySt
 from deployments.replica import ServedBy
 from policies.registry import build_policy
 
+logger = logging.getLogger("ray.serve")
+
 MODE_HEADER = "x-nestedfp-mode"
 REPLICA_HEADER = "x-nestedfp-replica"
 OVERRIDE_MODES = ("fp16", "fp8", "auto")
+REROUTES = 3  # a stream whose replica is gone before its first output is sent again, to the router's next pick
+REROUTE_BACKOFF_S = 0.25  # times the attempt: the router learns of a dead replica from Serve's controller
 
 
 def openai_error(status: int, message: str, type_: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status)
+
+
+async def rerouted_before_first_item(start: Callable[[], AsyncIterator[Any]], reroutes: int = REROUTES,
+                                     backoff_s: float = REROUTE_BACKOFF_S) -> AsyncGenerator[Any, None]:
+    """``start()``'s stream, started again if its replica died or went unavailable before the first item
+    that is not a ``ServedBy``.
+
+    Why: until the router hears that a replica died, it can still pick it, and a replica killed a moment
+    before can still open the stream (its ``ServedBy``) and then drop it. Serve's default path routes such
+    a request elsewhere; on Ray's throughput-optimized path (``deployments/fast_path.py``) the error reached
+    the client as a 500. Until the first output, nothing has reached the client, so sending the request
+    again loses nothing; the dead replica's ``ServedBy`` is dropped with it. Once an output is through, an
+    error is the client's to see.
+    """
+    for attempt in range(reroutes + 1):
+        stream = start()
+        opened: list[ServedBy] = []
+        try:
+            first = await anext(stream)
+            while isinstance(first, ServedBy):
+                opened.append(first)
+                first = await anext(stream)
+        except StopAsyncIteration:
+            for item in opened:
+                yield item
+            return
+        except RayActorError as e:
+            if attempt == reroutes:
+                raise
+            logger.warning("replica gone before the first output (%s); sending the request again", e)
+            await asyncio.sleep(backoff_s * (attempt + 1))
+            continue
+        for item in opened:
+            yield item
+        yield first
+        async for item in stream:
+            yield item
+        return
 
 
 def make_app() -> FastAPI:
@@ -78,7 +125,8 @@ class PrecisionIngress(OpenAiIngress):
     # --- OpenAI routes: tag responses with the serving replica and its mode ---------------------
 
     async def _get_response(self, *, body, call_method, raw_request=None):
-        async for item in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
+        start = functools.partial(super()._get_response, body=body, call_method=call_method, raw_request=raw_request)
+        async for item in rerouted_before_first_item(start):
             if isinstance(item, ServedBy):
                 if raw_request is not None:
                     raw_request.state.served_by = item
@@ -185,7 +233,7 @@ class PrecisionIngress(OpenAiIngress):
     async def _stream(self, request: CompletionRequest) -> AsyncGenerator[Any, None]:
         served: Optional[ServedBy] = None
         handle = self._get_configured_serve_handle(self._model_id)
-        async for item in handle.completions.remote(request, None):
+        async for item in rerouted_before_first_item(functools.partial(handle.completions.remote, request, None)):
             if isinstance(item, ServedBy):
                 served = item
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import time
 
@@ -16,6 +17,9 @@ from tests.conftest import LIVE_APP_CONFIG
 from tests.live_app_helpers import AUTH, modes, override, policy, set_policy, status, wait_for
 
 MODEL = "nestedfp-tiny"
+# One event loop for the module's handle calls: Serve caches the app handle, and on Ray's throughput-optimized
+# path (deployments/fast_path.py) its router stays bound to the loop it first ran on.
+_LOOP = asyncio.new_event_loop()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,7 @@ def test_admin_policy_swap_moves_every_replica_and_the_original_policy_takes_bac
         assert r.status_code == 200 and r.json()["policy"] == "static_fp8", r.text
         wait_for(lambda: all(m == ("fp8", "fp8") for m in modes(host).values()), 15, "every replica in fp8")
         assert all(r["reason"] == "static fp8" and r["override"] is None for r in status(host)["replicas"].values())
-        typed = serve.get_app_handle("default").policy.remote().result()
+        typed = _on_a_loop(lambda h: h.policy.remote())
         assert (typed.name, typed.changes[-1]["from"]["name"]) == ("static_fp8", configured["name"])
     finally:
         r = set_policy(host, before["name"], before["params"])  # GET's answer POSTs back as is
@@ -205,12 +209,15 @@ def test_bad_chat_input_gets_a_4xx(host):
 
 
 def test_python_clients_get_typed_results_through_the_app_handle(host):
-    h = serve.get_app_handle("default")
-    out = h.complete.remote(CompletionInput(prompt="Now is better than never", max_tokens=5)).result()
+    async def calls(h):
+        out = await h.complete.remote(CompletionInput(prompt="Now is better than never", max_tokens=5))
+        stream = h.options(stream=True).complete_stream.remote(CompletionInput(prompt="Hello", max_tokens=5))
+        chunks = [c async for c in stream]
+        return out, chunks, await h.precision.remote()
+
+    out, chunks, st = _on_a_loop(calls)
     assert out.completion_tokens >= 1 and out.mode in ("fp16", "fp8") and out.replica
-    chunks = list(h.options(stream=True).complete_stream.remote(CompletionInput(prompt="Hello", max_tokens=5)))
     assert len(chunks) >= 2 and chunks[-1].finish_reason in ("length", "stop")
-    st = h.precision.remote().result()
     assert set(st.replicas) == set(status(host)["replicas"])
 
 
@@ -234,6 +241,15 @@ def test_overload_gets_503_not_a_crash(host):
         codes = list(pool.map(one, range(200)))
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) > 0 and codes.count(200) > 0
+
+
+def _on_a_loop(calls):
+    """Await ``calls(app handle)`` on an event loop: how deployments use Serve's handles, and the only way Ray's
+    throughput-optimized path allows."""
+    async def run():
+        return await calls(serve.get_app_handle("default"))
+
+    return _LOOP.run_until_complete(run())
 
 
 def _serve_actor(deployment: str):

@@ -15,7 +15,10 @@ export NESTEDFP_STEP_LOG=${NESTEDFP_STEP_LOG:-$out/steps.jsonl}
 # (python -m loadtests.policy_replay).
 export NESTEDFP_SIGNAL_LOG=${NESTEDFP_SIGNAL_LOG:-$out/signals.jsonl}
 export NESTEDFP_POLICY__NAME=${NESTEDFP_POLICY__NAME:-slo} NESTEDFP_POLICY__PARAMS=${NESTEDFP_POLICY__PARAMS:-'{"ttft_s": 1.0, "tpot_s": 0.05}'}
+# NESTEDFP_FAST_PATH=1: Ray Serve's HAProxy ingress and throughput options (deployments/fast_path.py). To restart
+# the app after that mode, `python3 -m ray.scripts.scripts stop --force` leaves HAProxy running: `pkill -x haproxy`.
 if ! curl -sf localhost:8000/v1/models >/dev/null; then
+  [ "${NESTEDFP_FAST_PATH:-0}" = 1 ] && eval "$(python3 -m deployments.fast_path)" && env | grep '^RAY_SERVE_'
   t0=$(date +%s)
   # `python -m ray.serve.scripts` is the `serve` CLI (pip --target does not refresh bin/ scripts).
   setsid nohup python3 -m ray.serve.scripts run app:main > "$out/serve.log" 2>&1 < /dev/null &
