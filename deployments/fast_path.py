@@ -2,7 +2,7 @@
 
 Why: with two H200 replicas, the default path (Serve's Python HTTP proxy, an ingress replica, then the
 engine replica, every batch of streamed tokens crossing Ray's actor streaming) ran its processes at
-1.6-1.7 cores each during an 80 req/s burst and became the app's limit. With HAProxy in front and
+1.6-1.8 cores each during an 80 req/s burst and became the app's limit. With HAProxy in front and
 Serve's throughput options, the ingress and engine-replica processes stayed under half a core and the
 adaptive policy kept every request within its SLOs (docs/BENCHMARKS.md, "Two replicas on Ray Serve's
 high-throughput path").
