@@ -9,6 +9,9 @@
 # Load levels come from the capacity sweep (docs/BENCHMARKS.md): 1024-token prompts saturate fp16
 # mode near 28 req/s and fp8 mode holds 32 req/s within a 50 ms TPOT.
 # Rates are per replica: with NESTEDFP_REPLICAS=N (as given to app_up.sh) every rate is multiplied by N.
+# With two replicas, Serve's default HTTP path was the limit at the doubled hard spike; the run that met issue 5 §3
+# started the app on Ray's high-throughput path (NESTEDFP_FAST_PATH=1 for app_up.sh; docs/BENCHMARKS.md, "Two
+# replicas on Ray Serve's high-throughput path").
 set -u
 which=${1:?spike|spike-more|trace}; out=${2:?outdir}
 n=${NESTEDFP_REPLICAS:-1}
