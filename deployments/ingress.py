@@ -42,10 +42,10 @@ def openai_error(status: int, message: str, type_: str = "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status_code=status)
 
 
-async def rerouted_before_first_item(start: Callable[[], AsyncIterator[Any]], reroutes: int = REROUTES,
-                                     backoff_s: float = REROUTE_BACKOFF_S) -> AsyncGenerator[Any, None]:
-    """``start()``'s stream, started again if its replica died or went unavailable before the first item
-    that is not a ``ServedBy``.
+async def rerouted_before_first_output(start: Callable[[], AsyncIterator[Any]], reroutes: int = REROUTES,
+                                       backoff_s: float = REROUTE_BACKOFF_S) -> AsyncGenerator[Any, None]:
+    """``start()``'s stream, started again if its replica died or went unavailable before the first output:
+    the first item that is not a ``ServedBy``.
 
     Why: until the router hears that a replica died, it can still pick it, and a replica killed a moment
     before can still open the stream (its ``ServedBy``) and then drop it. Serve's default path routes such
@@ -126,7 +126,7 @@ class PrecisionIngress(OpenAiIngress):
 
     async def _get_response(self, *, body, call_method, raw_request=None):
         start = functools.partial(super()._get_response, body=body, call_method=call_method, raw_request=raw_request)
-        async for item in rerouted_before_first_item(start):
+        async for item in rerouted_before_first_output(start):
             if isinstance(item, ServedBy):
                 if raw_request is not None:
                     raw_request.state.served_by = item
@@ -233,7 +233,7 @@ class PrecisionIngress(OpenAiIngress):
     async def _stream(self, request: CompletionRequest) -> AsyncGenerator[Any, None]:
         served: Optional[ServedBy] = None
         handle = self._get_configured_serve_handle(self._model_id)
-        async for item in rerouted_before_first_item(functools.partial(handle.completions.remote, request, None)):
+        async for item in rerouted_before_first_output(functools.partial(handle.completions.remote, request, None)):
             if isinstance(item, ServedBy):
                 served = item
                 continue

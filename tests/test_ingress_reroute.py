@@ -6,7 +6,7 @@ import asyncio
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from deployments.ingress import rerouted_before_first_item
+from deployments.ingress import rerouted_before_first_output
 from deployments.replica import ServedBy
 
 OPENED = ServedBy("r", "fp16")
@@ -37,7 +37,7 @@ class Replicas:
 
 def collect(start, **kw):
     async def run():
-        return [x async for x in rerouted_before_first_item(start, backoff_s=0, **kw)]
+        return [x async for x in rerouted_before_first_output(start, backoff_s=0, **kw)]
 
     return asyncio.run(run())
 
@@ -70,7 +70,7 @@ def test_an_error_after_the_first_item_is_not_retried():
     got = []
 
     async def run():
-        async for x in rerouted_before_first_item(replicas.start, backoff_s=0):
+        async for x in rerouted_before_first_output(replicas.start, backoff_s=0):
             got.append(x)
 
     with pytest.raises(ActorDiedError):
