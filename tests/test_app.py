@@ -229,11 +229,21 @@ def test_metrics_expose_mode_switches_and_queue_depth(host):
 
 
 def test_overload_gets_503_not_a_crash(host):
-    # 2 replicas x 16 ongoing + 64 queued: a flood of 200 at once must be partly refused with 503.
+    # 2 replicas x 16 ongoing + 64 queued per ingress replica: a flood of 200 at once must be partly refused with
+    # 503. Each request is long (256 tokens, streamed) and an admitted one is held for 10 s, so that few finish
+    # while the flood arrives: the flood's size, not the engine's speed, decides. Then the client hangs up, which
+    # cancels the rest.
+    hold_until = time.monotonic() + 10
+
     def one(_):
         try:
-            return requests.post(f"{host}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 32,
-                                                                   "ignore_eos": True}, timeout=300).status_code
+            with requests.post(f"{host}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 256,
+                                                                 "ignore_eos": True, "stream": True},
+                               stream=True, timeout=300) as r:
+                for _chunk in r.iter_content(chunk_size=None):
+                    if time.monotonic() > hold_until:
+                        break
+                return r.status_code
         except requests.RequestException as e:
             return repr(e)
 
