@@ -23,11 +23,13 @@ def test_upper_byte_is_w_times_256_rounded_to_nearest_even_e4m3():
     w = ALL_BITS[IN_RANGE].view(torch.float16).reshape(1, -1)
     upper = nested_split(w).upper
     expected = (w.float() * 256).to(torch.float8_e4m3fn)  # torch rounds to nearest even
-    # Except [1.75, 1.875): a round-up would hit the NaN code, so upper saturates at 448 there.
-    assert torch.equal(upper.view(torch.uint8), expected.view(torch.uint8))
-    assert not torch.isnan(upper.float()).any()
+    # Except [1.75, 1.875): a round-up would hit the NaN code, so upper saturates at 448 there. (Torch's own
+    # cast there differs between versions: 2.11, on the H200 box, casts 472 and up to the NaN code; 2.13 saturates.)
     near_top = (w.abs() >= 1.75) & (w.abs() < 1.875)
-    assert torch.all(upper.float()[near_top].abs() == 448)
+    assert near_top.any()
+    assert torch.equal(upper.view(torch.uint8)[~near_top], expected.view(torch.uint8)[~near_top])
+    assert not torch.isnan(upper.float()).any()
+    assert torch.equal(upper.float()[near_top], 448 * w.float().sign()[near_top])
 
 
 def test_lower_plane_is_the_fp16_low_byte():
