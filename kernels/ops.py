@@ -30,7 +30,9 @@ def new_mode_tensor(device: torch.device | str, mode: str = "fp16") -> torch.Ten
     return t
 
 
-@torch.library.custom_op("nestedfp::linear", mutates_args=())
+_LIB = torch.library.Library("nestedfp", "FRAGMENT")  # the ops' home, kept alive with this module
+
+
 def nestedfp_linear(
     x: torch.Tensor,
     upper: torch.Tensor,
@@ -45,12 +47,10 @@ def nestedfp_linear(
     return nested_linear(x, nw, name, bias)
 
 
-@nestedfp_linear.register_fake
 def _nestedfp_linear_fake(x, upper, lower, mode, scale_exp, bias=None):
     return x.new_empty((*x.shape[:-1], upper.shape[0]))
 
 
-@torch.library.custom_op("nestedfp::linear_prequantized", mutates_args=())
 def nestedfp_linear_prequantized(
     x: torch.Tensor,
     x_fp8: torch.Tensor,
@@ -68,18 +68,37 @@ def nestedfp_linear_prequantized(
     return nested_linear_prequantized(x, x_fp8, x_scale, nw, name, bias)
 
 
-@nestedfp_linear_prequantized.register_fake
 def _nestedfp_linear_prequantized_fake(x, x_fp8, x_scale, upper, lower, mode, scale_exp, bias=None):
     return x.new_empty((*x.shape[:-1], upper.shape[0]))
 
 
-def _register_cuda_impl() -> None:
+def define_op(name: str, schema: str, reference, fake, cuda=None) -> None:
+    """``nestedfp::<name>``: the reference on every device, ``cuda`` on CUDA, ``fake`` for tracing.
+
+    Registered on a ``torch.library.Library`` as vLLM's ``direct_register_custom_op`` does, not with
+    ``torch.library.custom_op``: that wrapper runs Python on every call (its autograd and aliasing checks),
+    25-50 us a call on the H200 box against 2-20 us this way (docs/BENCHMARKS.md, "The ops registered on a
+    ``torch.library.Library``"), and eager calls are how vLLM runs prefill.
+    """
+    _LIB.define(name + schema)
+    _LIB.impl(name, reference, "CompositeExplicitAutograd")
+    if cuda is not None:
+        _LIB.impl(name, cuda, "CUDA")
+    torch.library.register_fake(f"nestedfp::{name}", fake, lib=_LIB)
+
+
+def _cuda_impls() -> tuple:
     try:
         from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
     except ImportError:  # Triton absent: the reference serves every device
-        return
-    nestedfp_linear.register_kernel("cuda")(nested_linear_cuda)
-    nestedfp_linear_prequantized.register_kernel("cuda")(nested_linear_prequantized_cuda)
+        return None, None
+    return nested_linear_cuda, nested_linear_prequantized_cuda
 
 
-_register_cuda_impl()
+_LINEAR_CUDA, _PREQUANTIZED_CUDA = _cuda_impls()
+define_op("linear", "(Tensor x, Tensor upper, Tensor lower, Tensor mode, int scale_exp, Tensor? bias=None) -> Tensor",
+          nestedfp_linear, _nestedfp_linear_fake, _LINEAR_CUDA)
+define_op("linear_prequantized",
+          "(Tensor x, Tensor x_fp8, Tensor x_scale, Tensor upper, Tensor lower, Tensor mode, int scale_exp, "
+          "Tensor? bias=None) -> Tensor",
+          nestedfp_linear_prequantized, _nestedfp_linear_prequantized_fake, _PREQUANTIZED_CUDA)
