@@ -109,6 +109,28 @@ def test_prequantized_op_equals_the_op_that_quantizes_x_itself_bit_for_bit(mode)
     assert got.shape == (3, 5, 40)
 
 
+@pytest.mark.parametrize("op", ["nestedfp::linear", "nestedfp::linear_prequantized"])
+def test_ops_run_the_dispatcher_on_cuda_the_reference_elsewhere_and_trace_by_their_fake(op):
+    """Registered as vLLM registers its ops (``kernels.ops.define_op``): a CUDA kernel where Triton imports, the
+    reference for every other device, a fake for tracing; and no autograd wrapper of ours on the call path."""
+    import kernels.ops  # noqa: F401  (defines the ops)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    pytest.importorskip("triton")
+    for key in ("CUDA", "CompositeExplicitAutograd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, key), key
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(op, "Autograd")
+    packet = getattr(torch.ops.nestedfp, op.split("::")[1])
+    with FakeTensorMode():
+        x = torch.empty(3, 7, 64, dtype=torch.float16)
+        planes = [torch.empty(40, 64, dtype=torch.uint8)] * 2
+        mode = torch.empty(1, dtype=torch.int32)
+        codes = [torch.empty(3, 7, 64, dtype=torch.float8_e4m3fn), torch.empty(3, 7, 1)]
+        args = (x, *planes, mode, 0) if op == "nestedfp::linear" else (x, *codes, *planes, mode, 0)
+        y = packet(*args)
+    assert y.shape == (3, 7, 40) and y.dtype == torch.float16
+
+
 def test_prequantized_fp8_mode_multiplies_the_codes_it_is_given():
     """FP8 mode reads the codes, not x: other codes, another product (so a test of the fused path could fail)."""
     nw = nested_split((torch.randn(24, 32) * 0.05).half())
