@@ -113,8 +113,9 @@ def test_prequantized_op_equals_the_op_that_quantizes_x_itself_bit_for_bit(mode)
 def test_ops_run_the_dispatcher_on_cuda_the_reference_elsewhere_and_trace_by_their_fake(op):
     """Registered as vLLM registers its ops (``kernels.ops.define_op``): a CUDA kernel where Triton imports, the
     reference for every other device, a fake for tracing; and no autograd wrapper of ours on the call path."""
-    import kernels.ops  # noqa: F401  (defines the ops)
     from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import kernels.ops  # noqa: F401  (defines the ops)
 
     pytest.importorskip("triton")
     for key in ("CUDA", "CompositeExplicitAutograd"):
