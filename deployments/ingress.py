@@ -56,25 +56,20 @@ async def rerouted_before_first_output(start: Callable[[], AsyncIterator[Any]], 
     """
     for attempt in range(reroutes + 1):
         stream = start()
-        opened: list[ServedBy] = []
+        head: list[Any] = []  # the ServedBy items, then the first output
         try:
-            first = await anext(stream)
-            while isinstance(first, ServedBy):
-                opened.append(first)
-                first = await anext(stream)
-        except StopAsyncIteration:
-            for item in opened:
-                yield item
-            return
+            async for item in stream:
+                head.append(item)
+                if not isinstance(item, ServedBy):
+                    break  # leaves the stream open where it stands
         except RayActorError as e:
             if attempt == reroutes:
                 raise
             logger.warning("replica gone before the first output (%s); sending the request again", e)
             await asyncio.sleep(backoff_s * (attempt + 1))
             continue
-        for item in opened:
+        for item in head:
             yield item
-        yield first
         async for item in stream:
             yield item
         return

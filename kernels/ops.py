@@ -87,18 +87,14 @@ def define_op(name: str, schema: str, reference, fake, cuda=None) -> None:
     torch.library.register_fake(f"nestedfp::{name}", fake, lib=_LIB)
 
 
-def _cuda_impls() -> tuple:
-    try:
-        from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
-    except ImportError:  # Triton absent: the reference serves every device
-        return None, None
-    return nested_linear_cuda, nested_linear_prequantized_cuda
+try:
+    from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
+except ImportError:  # Triton absent: the reference serves every device
+    nested_linear_cuda = nested_linear_prequantized_cuda = None
 
-
-_LINEAR_CUDA, _PREQUANTIZED_CUDA = _cuda_impls()
 define_op("linear", "(Tensor x, Tensor upper, Tensor lower, Tensor mode, int scale_exp, Tensor? bias=None) -> Tensor",
-          nestedfp_linear, _nestedfp_linear_fake, _LINEAR_CUDA)
+          nestedfp_linear, _nestedfp_linear_fake, nested_linear_cuda)
 define_op("linear_prequantized",
           "(Tensor x, Tensor x_fp8, Tensor x_scale, Tensor upper, Tensor lower, Tensor mode, int scale_exp, "
           "Tensor? bias=None) -> Tensor",
-          nestedfp_linear_prequantized, _nestedfp_linear_prequantized_fake, _PREQUANTIZED_CUDA)
+          nestedfp_linear_prequantized, _nestedfp_linear_prequantized_fake, nested_linear_prequantized_cuda)
