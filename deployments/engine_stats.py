@@ -42,15 +42,18 @@ class EngineStatsWindow:
         self.max_num_batched_tokens = 0  # the step budget, set by the stat logger from vLLM's config
         self._steps: deque[tuple[float, int, int, float, int, list[float], list[float], list[float]]] = deque()
         self._latest = (0, 0, 0.0)
+        self._totals = (0, 0)  # prompt and output tokens since start
         self._lock = threading.Lock()
 
-    def record(self, running: int, waiting: int, kv: float, tokens: int, ttfts: list[float], itls: list[float],
-               req_tpots: list[float] = ()) -> None:
-        """One engine step: queue state, tokens scheduled, the step's TTFT / inter-token samples and the
-        mean TPOT of each request that finished in it."""
+    def record(self, running: int, waiting: int, kv: float, prompt_tokens: int, output_tokens: int,
+               ttfts: list[float], itls: list[float], req_tpots: list[float] = ()) -> None:
+        """One engine step: queue state, prompt and output tokens processed, the step's TTFT / inter-token
+        samples and the mean TPOT of each request that finished in it."""
         now = time.monotonic()
+        tokens = prompt_tokens + output_tokens
         with self._lock:
             self._latest = (running, waiting, kv)
+            self._totals = (self._totals[0] + prompt_tokens, self._totals[1] + output_tokens)
             self._steps.append((now, running, waiting, kv, tokens, list(ttfts), list(itls), list(req_tpots)))
             while self._steps and self._steps[0][0] < now - self.window_s:
                 self._steps.popleft()
@@ -66,6 +69,7 @@ class EngineStatsWindow:
         with self._lock:
             steps = [s for s in self._steps if s[0] >= now - self.window_s]
             running, waiting, kv = self._latest
+            prompt_total, output_total = self._totals
         ttfts = [t for s in steps for t in s[5]]
         itls = [t for s in steps for t in s[6]]
         req_tpots = [t for s in steps for t in s[7]]
@@ -84,6 +88,8 @@ class EngineStatsWindow:
             "req_tpot_p90": _percentile(req_tpots, 0.9),
             "tokens_per_s": tokens / span if span > 0 else 0.0,
             "scheduled_tokens_per_step": sum(busy_steps) / len(busy_steps) if busy_steps else 0.0,
+            "prompt_tokens_total": prompt_total,
+            "output_tokens_total": output_total,
         }
 
 
@@ -138,7 +144,7 @@ class PolicySignalsStatLogger(StatLoggerBase):
             itls = iteration_stats.inter_token_latencies_iter
             req_tpots = [request_tpot(r) for r in getattr(iteration_stats, "finished_requests", ())]
             req_tpots = [t for t in req_tpots if t is not None]
-        WINDOW.record(running, waiting, kv, prompt + gen, ttfts, itls, req_tpots)
+        WINDOW.record(running, waiting, kv, prompt, gen, ttfts, itls, req_tpots)
         if self.step_log is not None:
             self.step_log.write(running, waiting, prompt, gen, itls)
 

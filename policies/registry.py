@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 from pydantic import TypeAdapter, ValidationError
 
 from policies.base import Policy
+from policies.fp16_load import Fp16LoadPolicy
 from policies.queue_depth import QueueDepthPolicy
 from policies.slo import SLOPolicy
 from policies.static import StaticPolicy
@@ -20,6 +21,7 @@ POLICIES: dict[str, tuple[Callable[..., Policy], dict[str, Any]]] = {
     "queue_depth": (QueueDepthPolicy, {}),
     "slo": (SLOPolicy, {}),
     "token_budget": (TokenBudgetPolicy, {}),
+    "fp16_load": (Fp16LoadPolicy, {}),
 }
 
 

@@ -38,6 +38,10 @@ class ReplicaStats(BaseModel):
     tokens_per_s: float = Field(0.0, ge=0.0)
     scheduled_tokens_per_step: float = Field(0.0, ge=0.0)
     max_num_batched_tokens: int = Field(0, ge=0)
+    # Tokens the engine has processed since the replica started: a policy takes rates over any span of its
+    # history from two samples, instead of the window's 10-s means (policies/fp16_load.py).
+    prompt_tokens_total: int = Field(0, ge=0)
+    output_tokens_total: int = Field(0, ge=0)
     timestamp: float
 
     def to_dict(self) -> dict[str, Any]:

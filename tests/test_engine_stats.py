@@ -11,13 +11,22 @@ from deployments.engine_stats import EngineStatsWindow, PolicySignalsStatLogger 
 
 def test_window_reports_queue_state_percentiles_and_token_rates():
     w = EngineStatsWindow(window_s=60)
-    w.record(4, 0, 0.1, 512, [0.2], [])
-    w.record(4, 3, 0.2, 4, [], [0.05, 0.07, 0.09, 0.11])
+    w.record(4, 0, 0.1, 512, 0, [0.2], [])
+    w.record(4, 3, 0.2, 0, 4, [], [0.05, 0.07, 0.09, 0.11])
     s = w.snapshot()
     assert (s["num_running"], s["num_waiting"], s["kv_cache_usage"]) == (4, 3, 0.2)
     assert s["ttft_p50"] == 0.2 and s["tpot_p50"] in (0.07, 0.09) and s["tpot_p90"] == 0.11
     assert s["scheduled_tokens_per_step"] == (512 + 4) / 2
     assert s["tokens_per_s"] > 0
+
+
+def test_token_totals_count_from_start_and_outlive_the_window():
+    w = EngineStatsWindow(window_s=0.0)  # every step leaves the window at once
+    w.record(2, 0, 0.1, 300, 2, [], [])
+    w.record(2, 0, 0.1, 0, 2, [], [0.01, 0.01])
+    s = w.snapshot()
+    assert (s["prompt_tokens_total"], s["output_tokens_total"]) == (300, 4)
+    assert s["scheduled_tokens_per_step"] == 0.0  # the window itself is empty
 
 
 def test_empty_window_has_no_latency_samples():
@@ -38,6 +47,7 @@ def test_stat_logger_feeds_the_process_window_from_vllm_step_stats(monkeypatch):
     s = window.snapshot()
     assert (s["num_running"], s["num_waiting"]) == (7, 5)
     assert s["scheduled_tokens_per_step"] == 107 and s["tpot_p90"] == 0.02 and s["ttft_p50"] == 0.3
+    assert (s["prompt_tokens_total"], s["output_tokens_total"]) == (200, 14)
     assert window.max_num_batched_tokens == 2048
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from policies import POLICIES, Decision, ReplicaStats, build_policy
 from policies.base import Policy
+from policies.fp16_load import Fp16LoadPolicy, token_rates
 from policies.registry import policy_params
 from policies.queue_depth import QueueDepthPolicy
 from policies.slo import SLOPolicy
@@ -187,6 +188,52 @@ def test_token_budget_follows_the_burst_and_dwell_holds_it():
     assert [(a, b) for _, a, b, _ in switches] == [("fp16", "fp8"), ("fp8", "fp16")]
     assert switches[0][0] in RAMP and switches[1][0] in DRAIN
     assert TokenBudgetPolicy(min_dwell_s=2).decide([stats(scheduled_tokens_per_step=100)], "fp8", 1.0).mode == "fp8"
+
+
+def counted(t: float, prompt: int, output: int) -> ReplicaStats:
+    return stats(timestamp=t, prompt_tokens_total=prompt, output_tokens_total=output)
+
+
+def test_token_rates_span_the_window_from_the_counters():
+    h = [counted(100.0 + i, 1000 * i, 10 * i * i) for i in range(6)]  # output accelerates
+    assert token_rates(h, 2.0) == pytest.approx((1000.0, 10 * (25 - 9) / 2))  # samples at 103 and 105
+    assert token_rates(h, 2.5) == pytest.approx((1000.0, 10 * (25 - 4) / 3))  # the newest sample >= 2.5 s old
+    assert token_rates(h, 60.0) == pytest.approx((1000.0, 50.0))  # shorter history: all of it
+    assert token_rates(h[:1], 2.0) is None
+    assert token_rates([counted(100.0, 5000, 50), counted(101.0, 10, 0)], 2.0) is None  # counters went back
+
+
+def test_fp16_load_is_fp16s_busy_fraction_with_hysteresis_and_dwell():
+    p = Fp16LoadPolicy(s_per_prompt_token=1e-5, s_per_output_token=1e-3, high=0.8, low=0.6, window_s=1.0,
+                       min_dwell_s=3.0)
+
+    def at(prompt_per_s: float, output_per_s: float) -> list[ReplicaStats]:
+        return [counted(0.0, 0, 0), counted(1.0, int(prompt_per_s), int(output_per_s))]
+
+    assert p.decide(at(50_000, 300), "fp16", math.inf).mode == "fp8"  # 0.5 + 0.3 = 0.8
+    assert p.decide(at(50_000, 290), "fp16", math.inf).mode == "fp16"  # 0.79
+    assert p.decide(at(29_000, 300), "fp8", math.inf).mode == "fp16"  # 0.59
+    assert p.decide(at(30_000, 310), "fp8", math.inf).mode == "fp8"  # 0.61: inside the band
+    assert p.decide(at(29_000, 300), "fp8", 2.0).mode == "fp8"  # dwell
+    unknown = p.decide([counted(0.0, 0, 0)], "fp8", math.inf)
+    assert unknown.mode == "fp8" and "unknown" in unknown.reason
+
+
+def test_fp16_load_follows_the_burst_on_token_rates_within_its_window():
+    # The burst's load crosses the default threshold only at its plateau (busy ~0.84 there).
+    for window_s, leaves_by in ((3.0, PLATEAU.start + 15), (1.0, PLATEAU.start + 5)):  # 200 ms samples
+        switches = replay(Fp16LoadPolicy(window_s=window_s), load("burst"))
+        assert [(a, b) for _, a, b, _ in switches] == [("fp16", "fp8"), ("fp8", "fp16")]
+        assert PLATEAU.start <= switches[0][0] <= leaves_by and switches[1][0] in DRAIN
+        assert "fp16 busy fraction" in switches[0][3]
+
+
+def test_fp16_load_rejects_costs_and_bands_that_cannot_work():
+    for params, match in [({"s_per_prompt_token": 0, "s_per_output_token": 0}, "not both 0"),
+                          ({"s_per_output_token": -1e-4}, "costs >= 0"), ({"low": 0.8, "high": 0.8}, "low < high"),
+                          ({"window_s": 0}, "window_s > 0")]:
+        with pytest.raises(ValueError, match=match):
+            build_policy("fp16_load", params)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 DT, T0, BUDGET = 0.2, 1_700_000_000.0, 8192
+PROMPT_TOKENS_PER_S_PER_WAITING = 2000  # queued prompts are prefilled at this rate each
 
 
 def sample(i: int, waiting: float, running: float, rng: random.Random, mode: str = "fp16") -> dict:
@@ -35,6 +36,16 @@ def sample(i: int, waiting: float, running: float, rng: random.Random, mode: str
     }
 
 
+def with_token_counters(samples: list[dict]) -> list[dict]:
+    """Cumulative prompt and output token counters, as a replica reports them, from each sample's rates."""
+    prompt = output = 0.0
+    for s in samples:
+        prompt += PROMPT_TOKENS_PER_S_PER_WAITING * s["num_waiting"] * DT
+        output += s["tokens_per_s"] * DT
+        s["prompt_tokens_total"], s["output_tokens_total"] = int(prompt), int(output)
+    return samples
+
+
 def burst() -> list[dict]:
     """30 s: idle 5 s, queue ramps to ~24 over 5 s, holds 10 s, drains over 5 s, idle 5 s."""
     rng = random.Random(0)
@@ -51,7 +62,7 @@ def burst() -> list[dict]:
         else:
             w, run = 0, 2
         out.append(sample(i, w, run, rng))
-    return out
+    return with_token_counters(out)
 
 
 def queue_pattern(seed: int, waiting_at) -> list[dict]:
@@ -62,7 +73,7 @@ def queue_pattern(seed: int, waiting_at) -> list[dict]:
         s = sample(i, 0, 32, rng)
         s["num_waiting"] = waiting_at(i)
         out.append(s)
-    return out
+    return with_token_counters(out)
 
 
 def oscillating() -> list[dict]:

@@ -1,0 +1,140 @@
+"""Each mode's cost per token, fitted from the step log: the calibration the ``fp16_load`` policy needs.
+
+Why: that policy predicts how busy fp16 would be at the offered load from two numbers per model and GPU,
+seconds per prompt token and per output token. They come from a run, not from a guess: every pair of
+consecutive busy steps in the log gives one step time, and a least-squares fit of
+``step = overhead + prompt_tokens x s_per_prompt_token + output_tokens x s_per_output_token`` over a
+run's steps, taken only while every replica was in one mode, splits it. The output cost absorbs what
+grows with the running batch (attention over each request's context), so a fit holds for loads like
+the one it was measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from loadtests.jsonl import read_jsonl
+from loadtests.offline import per_report
+
+MAX_STEP_S = 0.25  # a longer gap between records is idle time or a stall, not a step
+
+
+def mode_spans(report: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """(start, end, mode) spans of the run (unix seconds) in which every replica was in that one mode."""
+    run = report["run"]
+    start, end = run["t0"], run["t0"] + run["duration_s"] + (run.get("drain_s") or 0.0)
+    modes = dict(report.get("modes_at_start") or {})
+    spans: list[tuple[float, float, str]] = []
+    t = start
+    for s in sorted(report.get("switches", []), key=lambda s: s["time"]):
+        if not start < s["time"] < end:
+            continue
+        if len(set(modes.values())) == 1:
+            spans.append((t, s["time"], next(iter(modes.values()))))
+        modes[s["replica"]], t = s["to"], s["time"]
+    if len(set(modes.values())) == 1:
+        spans.append((t, end, next(iter(modes.values()))))
+    return spans
+
+
+def step_samples(steps: Sequence[dict[str, Any]], start: float, end: float) -> list[tuple[int, int, float]]:
+    """(prompt tokens, output tokens, seconds) of each step inside [start, end] that followed a busy step."""
+    by_pid: dict[Any, list[dict[str, Any]]] = {}
+    for r in steps:
+        if start <= r["t"] <= end:
+            by_pid.setdefault(r.get("pid"), []).append(r)
+    out = []
+    for rows in by_pid.values():
+        rows.sort(key=lambda r: r["t"])
+        for prev, cur in pairwise(rows):
+            dt = cur["t"] - prev["t"]
+            busy = prev["prompt_tokens"] + prev["gen_tokens"] > 0 and cur["prompt_tokens"] + cur["gen_tokens"] > 0
+            if busy and 0 < dt <= MAX_STEP_S:
+                out.append((cur["prompt_tokens"], cur["gen_tokens"], dt))
+    return out
+
+
+def fit(samples: Sequence[tuple[int, int, float]]) -> dict[str, float] | None:
+    """Least squares of step seconds on (1, prompt tokens, output tokens); None if they do not determine it."""
+    xs = [(1.0, float(p), float(o)) for p, o, _ in samples]
+    ys = [dt for _, _, dt in samples]
+    ata = [[sum(x[i] * x[j] for x in xs) for j in range(3)] for i in range(3)]
+    aty = [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(3)]
+    coef = _solve3(ata, aty)
+    if coef is None:
+        return None
+    mean = sum(ys) / len(ys)
+    ss_tot = sum((y - mean) ** 2 for y in ys)
+    ss_res = sum((y - sum(c * v for c, v in zip(coef, x))) ** 2 for x, y in zip(xs, ys))
+    return {"steps": len(ys), "overhead_s": coef[0], "s_per_prompt_token": coef[1], "s_per_output_token": coef[2],
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 0.0, "mean_step_s": mean}
+
+
+def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting on a 3x3 system; None if it is singular."""
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for c in range(3):
+        piv = max(range(c, 3), key=lambda r: abs(m[r][c]))
+        if abs(m[piv][c]) < 1e-12 * max(1.0, max(abs(v) for row in a for v in row)):
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(c + 1, 3):
+            f = m[r][c] / m[c][c]
+            m[r] = [v - f * w for v, w in zip(m[r], m[c])]
+    x = [0.0] * 3
+    for r in (2, 1, 0):
+        x[r] = (m[r][3] - sum(m[r][k] * x[k] for k in range(r + 1, 3))) / m[r][r]
+    return x
+
+
+def run_costs(steps: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+    """The fit per mode over one run's single-mode spans, with the samples kept for pooling."""
+    per_mode: dict[str, list[tuple[int, int, float]]] = {}
+    for start, end, mode in mode_spans(report):
+        per_mode.setdefault(mode, []).extend(step_samples(steps, start, end))
+    return {"label": report["run"].get("label"), "samples": per_mode,
+            "fits": {m: fit(s) if len(s) >= 3 else None for m, s in per_mode.items()}}
+
+
+def _describe(name: str, f: dict[str, float] | None) -> str:
+    if f is None:
+        return f"  {name}: too few steps to fit"
+    return (f"  {name}: {f['steps']} steps, overhead {f['overhead_s'] * 1e3:.2f} ms, "
+            f"{f['s_per_prompt_token']:.3g} s/prompt token, {f['s_per_output_token']:.3g} s/output token, "
+            f"R^2 {f['r2']:.2f}, mean step {f['mean_step_s'] * 1e3:.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.step_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", required=True, type=Path, help="the replica's NESTEDFP_STEP_LOG file (or a .gz of it)")
+    p.add_argument("reports", nargs="+", type=Path, help="report.json of each run to fit (static runs fit best)")
+    p.add_argument("--out", type=Path, default=None, help="also write the fits as JSON")
+    a = p.parse_args(argv)
+    steps = read_jsonl(a.steps)
+    results = per_report(
+        a.reports, lambda rep: run_costs(steps, rep),
+        lambda r: [f"{r['label']}:"] + [_describe(m, f) for m, f in sorted(r["fits"].items())],
+    )
+    pooled = {}
+    for mode in sorted({m for r in results for m in r["samples"]}):
+        samples = [s for r in results for s in r["samples"].get(mode, [])]
+        pooled[mode] = fit(samples) if len(samples) >= 3 else None
+        print(_describe(f"all runs, {mode}", pooled[mode]))
+    if pooled.get("fp16"):
+        f = pooled["fp16"]
+        params = {k: float(f"{f[k]:.2g}") for k in ("s_per_prompt_token", "s_per_output_token")}
+        print(f"fp16_load params: {json.dumps(params)}")
+    if a.out:
+        a.out.write_text(json.dumps({"runs": [{k: v for k, v in r.items() if k != "samples"} for r in results],
+                                     "pooled": pooled}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
