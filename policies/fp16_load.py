@@ -8,8 +8,8 @@ tokens that arrive, whatever its mode. With fp16's cost per token, measured once
 is the share of each second fp16 would spend on those tokens. The rest goes to per-step overhead, so
 fp16's step time (and every running request's TPOT) grows as ``1 / (1 - busy)``: slowly, then steeply.
 
-In fp16 at saturation the rates are fp16's throughput, whose busy fraction is close to its ceiling
-(0.87-0.9 on the H200 runs), above ``high``, so an overloaded fp16 replica still leaves.
+An overloaded fp16 replica still leaves: its rates are then fp16's own throughput, whose busy fraction
+sits near the ceiling, above ``high``.
 The defaults are for Llama-3.1-8B on one H200 with vLLM 0.25 and a 2048-token step budget, fitted from
 static-fp16 step logs (docs/BENCHMARKS.md, "fp16_load"); another model or GPU needs its own fit.
 """
