@@ -14,6 +14,7 @@ import torch
 
 from kernels import nested_linear, quantize_per_token, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
+from kernels.reference import nested_linear_prequantized
 from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, replays_follow_mode_flips
 
 pytestmark = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
@@ -91,7 +92,10 @@ def test_compile_fuses_the_quantization_into_the_rms_norm_kernel():
     assert ((s - rs).abs() <= rs * 2.0**-10).all()  # amax differs by at most fp16 rounding
     step = torch.where(rqf.abs() >= 2.0**-6, 2.0 ** (torch.floor(torch.log2(rqf.abs().clamp_min(2.0**-6))) - 3), 2.0**-9)
     assert ((qf - rqf).abs() <= step * 1.01 + (qf.abs() * 2.0**-10)).all(), "a code more than one step away"
-    assert rel_err(y, nested_linear(h, nw, "fp8")) < TOL["fp8"]
+    # The op, against the reference on the codes it was given; then the whole, whose codes drift by the step
+    # counted above (that drift alone took one cold-cache run on the H200 to 0.0051 against 0.005).
+    assert rel_err(y, nested_linear_prequantized(h, q, s, nw, "fp8")) < TOL["fp8"]
+    assert rel_err(y, nested_linear(h, nw, "fp8")) < 2 * TOL["fp8"]
     try:
         set_host_mode(mode, "fp16")
         y16, h16, _, _ = compiled(x)
