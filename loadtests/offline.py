@@ -3,6 +3,7 @@ each reads some runs' ``report.json``, prints a few lines per run, and can write
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,3 +20,12 @@ def per_report(reports: Sequence[str | Path], analyze: Callable[[dict[str, Any]]
     if out:
         Path(out).write_text(json.dumps(results, indent=1))
     return results
+
+
+def step_log_parser(prog: str, doc: str, reports_help: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line of an analysis that reads the step log (``NESTEDFP_STEP_LOG``) and some runs' reports."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    p.add_argument("--steps", required=True, type=Path, help="the replica's NESTEDFP_STEP_LOG file (or a .gz of it)")
+    p.add_argument("reports", nargs="+", type=Path, help=reports_help)
+    p.add_argument("--out", type=Path, default=None, help=out_help)
+    return p

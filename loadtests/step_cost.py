@@ -11,16 +11,14 @@ the one it was measured on.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 from loadtests.jsonl import read_jsonl
-from loadtests.offline import per_report
+from loadtests.offline import per_report, step_log_parser
 
 MAX_STEP_S = 0.25  # a longer gap between records is idle time or a stall, not a step
 
@@ -111,11 +109,8 @@ def _describe(name: str, f: dict[str, float] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.step_cost", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", required=True, type=Path, help="the replica's NESTEDFP_STEP_LOG file (or a .gz of it)")
-    p.add_argument("reports", nargs="+", type=Path, help="report.json of each run to fit (static runs fit best)")
-    p.add_argument("--out", type=Path, default=None, help="also write the fits as JSON")
-    a = p.parse_args(argv)
+    a = step_log_parser("python -m loadtests.step_cost", __doc__, "report.json of each run to fit (static runs fit best)",
+                        "also write the fits as JSON").parse_args(argv)
     steps = read_jsonl(a.steps)
     results = per_report(
         a.reports, lambda rep: run_costs(steps, rep),

@@ -8,14 +8,13 @@ stall). The windows come from a run's ``report.json``: the run, and a few second
 
 from __future__ import annotations
 
-import argparse
 import sys
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any, Sequence
 
 from loadtests.jsonl import read_jsonl
-from loadtests.offline import per_report
+from loadtests.offline import per_report, step_log_parser
 
 
 class Steps:
@@ -78,11 +77,8 @@ def run_gaps(steps: Steps, report: dict[str, Any], before_s: float = 2.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.step_gaps", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", required=True, type=Path, help="the replica's NESTEDFP_STEP_LOG file (or a .gz of it)")
-    p.add_argument("reports", nargs="+", type=Path, help="report.json of each run to check")
-    p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
-    a = p.parse_args(argv)
+    a = step_log_parser("python -m loadtests.step_gaps", __doc__, "report.json of each run to check",
+                        "also write the results here as JSON").parse_args(argv)
     steps = Steps.load(a.steps)
 
     def lines(r: dict[str, Any]) -> list[str]:
