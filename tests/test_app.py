@@ -184,6 +184,26 @@ def test_controller_switches_to_fp8_under_a_queue_build_up_and_back_after_it_dra
     assert all("waiting" in e["reason"] for e in ups + downs), log
 
 
+def test_fp16_load_reads_the_token_counters_the_replicas_report(host):
+    """The vLLM stat logger -> replica -> controller path of the token counters: at one second of fp16 per output
+    token, any decoding reads as overload, so only counters that move can send a replica to fp8."""
+    before = policy(host)
+    start = time.time()
+    try:
+        r = set_policy(host, "fp16_load", {"s_per_prompt_token": 0.0, "s_per_output_token": 1.0, "window_s": 1.0,
+                                           "min_dwell_s": 0.0})
+        assert r.status_code == 200, r.text
+        with cf.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(_stream_tokens, host, 64) for _ in range(4)]
+            wait_for(lambda: any(m == ("fp8", "fp8") for m in modes(host).values()), 60, "a replica to go fp8")
+            assert all(f.result(timeout=300) == (64, "length") for f in futures)
+        wait_for(lambda: all(m == ("fp16", "fp16") for m in modes(host).values()), 30, "idle replicas back in fp16")
+    finally:
+        set_policy(host, before["name"], before["params"])
+    log = [e for e in status(host)["switches"] if e["time"] >= start]
+    assert any(e["to"] == "fp8" and "fp16 busy fraction" in e["reason"] for e in log), log
+
+
 @pytest.mark.parametrize(
     "kwargs, status_code",
     [
