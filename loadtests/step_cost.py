@@ -6,7 +6,9 @@ consecutive busy steps in the log gives one step time, and a least-squares fit o
 ``step = overhead + prompt_tokens x s_per_prompt_token + output_tokens x s_per_output_token`` over a
 run's steps, taken only while every replica was in one mode, splits it. The output cost absorbs what
 grows with the running batch (attention over each request's context), so a fit holds for loads like
-the one it was measured on.
+the one it was measured on. vLLM counts a prompt's tokens in the step that finishes its prefill, not in the
+steps that carry its chunks, so the prompt cost comes out low and the output cost takes up the difference:
+the two weigh a load, they are not each token's true price.
 """
 
 from __future__ import annotations

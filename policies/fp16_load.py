@@ -3,10 +3,12 @@
 Why not latency: in fp8 a replica's latencies say how fp8 copes, not whether fp16 would hold, so a
 latency policy returns to fp16 on a guess and finds out (docs/BENCHMARKS.md, "The Azure trace on today's
 code..."). Token rates say it directly: while the replica keeps up, it processes the prompt and output
-tokens that arrive, whatever its mode. With fp16's cost per token, measured once per model and GPU
-(``python -m loadtests.step_cost``), ``busy = prompt/s x s_per_prompt_token + output/s x s_per_output_token``
-is the share of each second fp16 would spend on those tokens. The rest goes to per-step overhead, so
-fp16's step time (and every running request's TPOT) grows as ``1 / (1 - busy)``: slowly, then steeply.
+tokens that arrive, whatever its mode. ``busy = prompt/s x s_per_prompt_token + output/s x s_per_output_token``
+weighs them with per-token costs fitted once per model and GPU from fp16 step times
+(``python -m loadtests.step_cost``), so it reads as the share of each second fp16 would be busy. It is a
+calibrated load index rather than a physical share: vLLM counts a prompt's tokens in the step that finishes
+its prefill, so the fit gives prompt tokens too little of the cost and output tokens the rest. The thresholds
+were set against measured runs, not derived.
 
 An overloaded fp16 replica still leaves: its rates are then fp16's own throughput, whose busy fraction
 sits near the ceiling, above ``high``.
