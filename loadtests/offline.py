@@ -22,6 +22,16 @@ def per_report(reports: Sequence[str | Path], analyze: Callable[[dict[str, Any]]
     return results
 
 
+def by_process(records: Iterable[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Step-log records per replica process (``pid``), each list by time: replicas sharing one log interleave."""
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r.get("pid"), []).append(r)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["t"])
+    return out
+
+
 def step_log_parser(prog: str, doc: str, reports_help: str, out_help: str) -> argparse.ArgumentParser:
     """The command line of an analysis that reads the step log (``NESTEDFP_STEP_LOG``) and some runs' reports."""
     p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])

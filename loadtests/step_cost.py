@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import sys
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
+
 from loadtests.jsonl import read_jsonl
-from loadtests.offline import per_report, step_log_parser
+from loadtests.offline import by_process, per_report, step_log_parser
 
 MAX_STEP_S = 0.25  # a longer gap between records is idle time or a stall, not a step
 
@@ -43,16 +46,14 @@ def mode_spans(report: dict[str, Any]) -> list[tuple[float, float, str]]:
     return spans
 
 
-def step_samples(steps: Sequence[dict[str, Any]], start: float, end: float) -> list[tuple[int, int, float]]:
-    """(prompt tokens, output tokens, seconds) of each step inside [start, end] that followed a busy step."""
-    by_pid: dict[Any, list[dict[str, Any]]] = {}
-    for r in steps:
-        if start <= r["t"] <= end:
-            by_pid.setdefault(r.get("pid"), []).append(r)
+def step_samples(processes: dict[Any, list[dict[str, Any]]], start: float,
+                 end: float) -> list[tuple[int, int, float]]:
+    """(prompt tokens, output tokens, seconds) of each step inside [start, end] that followed a busy step, from
+    each process's records (``offline.by_process``)."""
     out = []
-    for rows in by_pid.values():
-        rows.sort(key=lambda r: r["t"])
-        for prev, cur in pairwise(rows):
+    for rows in processes.values():
+        times = [r["t"] for r in rows]
+        for prev, cur in pairwise(rows[bisect_left(times, start):bisect_right(times, end)]):
             dt = cur["t"] - prev["t"]
             busy = prev["prompt_tokens"] + prev["gen_tokens"] > 0 and cur["prompt_tokens"] + cur["gen_tokens"] > 0
             if busy and 0 < dt <= MAX_STEP_S:
@@ -62,42 +63,24 @@ def step_samples(steps: Sequence[dict[str, Any]], start: float, end: float) -> l
 
 def fit(samples: Sequence[tuple[int, int, float]]) -> dict[str, float] | None:
     """Least squares of step seconds on (1, prompt tokens, output tokens); None if they do not determine it."""
-    xs = [(1.0, float(p), float(o)) for p, o, _ in samples]
-    ys = [dt for _, _, dt in samples]
-    ata = [[sum(x[i] * x[j] for x in xs) for j in range(3)] for i in range(3)]
-    aty = [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(3)]
-    coef = _solve3(ata, aty)
-    if coef is None:
+    a = np.array([(1.0, p, o) for p, o, _ in samples], dtype=float)
+    y = np.array([dt for _, _, dt in samples], dtype=float)
+    if np.linalg.matrix_rank(a) < 3:
         return None
-    mean = sum(ys) / len(ys)
-    ss_tot = sum((y - mean) ** 2 for y in ys)
-    ss_res = sum((y - sum(c * v for c, v in zip(coef, x))) ** 2 for x, y in zip(xs, ys))
-    return {"steps": len(ys), "overhead_s": coef[0], "s_per_prompt_token": coef[1], "s_per_output_token": coef[2],
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 0.0, "mean_step_s": mean}
-
-
-def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting on a 3x3 system; None if it is singular."""
-    m = [row[:] + [v] for row, v in zip(a, b)]
-    for c in range(3):
-        piv = max(range(c, 3), key=lambda r: abs(m[r][c]))
-        if abs(m[piv][c]) < 1e-12 * max(1.0, max(abs(v) for row in a for v in row)):
-            return None
-        m[c], m[piv] = m[piv], m[c]
-        for r in range(c + 1, 3):
-            f = m[r][c] / m[c][c]
-            m[r] = [v - f * w for v, w in zip(m[r], m[c])]
-    x = [0.0] * 3
-    for r in (2, 1, 0):
-        x[r] = (m[r][3] - sum(m[r][k] * x[k] for k in range(r + 1, 3))) / m[r][r]
-    return x
+    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    ss_res = float(((y - a @ coef) ** 2).sum())
+    return {"steps": len(y), "overhead_s": float(coef[0]), "s_per_prompt_token": float(coef[1]),
+            "s_per_output_token": float(coef[2]), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+            "mean_step_s": float(y.mean())}
 
 
 def run_costs(steps: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
     """The fit per mode over one run's single-mode spans, with the samples kept for pooling."""
+    processes = by_process(steps)
     per_mode: dict[str, list[tuple[int, int, float]]] = {}
     for start, end, mode in mode_spans(report):
-        per_mode.setdefault(mode, []).extend(step_samples(steps, start, end))
+        per_mode.setdefault(mode, []).extend(step_samples(processes, start, end))
     return {"label": report["run"].get("label"), "samples": per_mode,
             "fits": {m: fit(s) if len(s) >= 3 else None for m, s in per_mode.items()}}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loadtests.jsonl import read_jsonl
-from loadtests.offline import per_report, step_log_parser
+from loadtests.offline import by_process, per_report, step_log_parser
 
 
 class Steps:
@@ -22,10 +22,8 @@ class Steps:
     process (``pid``): replicas sharing one log interleave, and one replica's stall is still a stall."""
 
     def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        by_pid: dict[Any, list[tuple[float, bool]]] = {}
-        for r in records:
-            by_pid.setdefault(r.get("pid"), []).append((r["t"], r.get("running", 0) + r.get("waiting", 0) > 0))
-        self._sources = [_Source(sorted(rows)) for rows in by_pid.values()]
+        self._sources = [_Source([(r["t"], r.get("running", 0) + r.get("waiting", 0) > 0) for r in rows])
+                         for rows in by_process(records).values()]
 
     @classmethod
     def load(cls, path: str | Path) -> "Steps":

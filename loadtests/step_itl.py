@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadtests.jsonl import read_jsonl
-from loadtests.offline import per_report
+from loadtests.offline import by_process, per_report
 
 WINDOW_S = 10.0  # deployments.engine_stats.WINDOW_S (not imported: this runs without the app's packages)
 REPORT_EVERY_S = 0.2  # how often a replica reports (policies.agent)
@@ -30,13 +30,10 @@ REPORT_EVERY_S = 0.2  # how often a replica reports (policies.agent)
 def signal(records: Sequence[dict[str, Any]], start: float, end: float, q: float = 0.9,
            window_s: float = WINDOW_S, every_s: float = REPORT_EVERY_S) -> dict[Any, list[tuple[float, float | None]]]:
     """Per ``pid``: (time, q-percentile of per-token ITL over the trailing window) every ``every_s``."""
-    by_pid: dict[Any, list[tuple[float, float, int]]] = {}
-    for r in records:
-        if r.get("itl_max") is not None and r.get("gen_tokens", 0) > 0:
-            by_pid.setdefault(r.get("pid"), []).append((r["t"], r["itl_max"], r["gen_tokens"]))
+    decoding = (r for r in records if r.get("itl_max") is not None and r.get("gen_tokens", 0) > 0)
     out = {}
-    for pid, rows in by_pid.items():
-        rows.sort()
+    for pid, recs in by_process(decoding).items():
+        rows = [(r["t"], r["itl_max"], r["gen_tokens"]) for r in recs]
         times = [t for t, _, _ in rows]
         series = []
         n = int((end - start) / every_s) + 1
