@@ -9,6 +9,12 @@ grows with the running batch (attention over each request's context), so a fit h
 the one it was measured on. vLLM counts a prompt's tokens in the step that finishes its prefill, not in the
 steps that carry its chunks, so the prompt cost comes out low and the output cost takes up the difference:
 the two weigh a load, they are not each token's true price.
+
+It also reports each mode's full steps: those with requests waiting before and after, so the scheduler had more
+prefill than the step budget took. They are the steps a prefill burst is made of, and the step budget
+(``max_num_batched_tokens``) sets their length. If fp16's full step is at the TPOT SLO, every request
+decoding through a burst in fp16 misses it, whatever the policy does. A smaller budget shortens those steps,
+and it costs prefill capacity (docs/BENCHMARKS.md, "A 1792-token step budget").
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -46,19 +52,36 @@ def mode_spans(report: dict[str, Any]) -> list[tuple[float, float, str]]:
     return spans
 
 
-def step_samples(processes: dict[Any, list[dict[str, Any]]], start: float,
-                 end: float) -> list[tuple[int, int, float]]:
-    """(prompt tokens, output tokens, seconds) of each step inside [start, end] that followed a busy step, from
-    each process's records (``offline.by_process``)."""
-    out = []
+def busy_steps(processes: dict[Any, list[dict[str, Any]]], start: float,
+               end: float) -> Iterator[tuple[dict[str, Any], dict[str, Any], float]]:
+    """(previous record, record, seconds) of each step inside [start, end] that followed a busy step, from each
+    process's records (``offline.by_process``)."""
     for rows in processes.values():
         times = [r["t"] for r in rows]
         for prev, cur in pairwise(rows[bisect_left(times, start):bisect_right(times, end)]):
             dt = cur["t"] - prev["t"]
             busy = prev["prompt_tokens"] + prev["gen_tokens"] > 0 and cur["prompt_tokens"] + cur["gen_tokens"] > 0
             if busy and 0 < dt <= MAX_STEP_S:
-                out.append((cur["prompt_tokens"], cur["gen_tokens"], dt))
-    return out
+                yield prev, cur, dt
+
+
+def step_samples(processes: dict[Any, list[dict[str, Any]]], start: float,
+                 end: float) -> list[tuple[int, int, float]]:
+    """(prompt tokens, output tokens, seconds) of each busy step inside [start, end]."""
+    return [(cur["prompt_tokens"], cur["gen_tokens"], dt) for _, cur, dt in busy_steps(processes, start, end)]
+
+
+def full_step_seconds(processes: dict[Any, list[dict[str, Any]]], start: float, end: float) -> list[float]:
+    """Seconds of each busy step inside [start, end] with requests waiting at both ends: a full step budget."""
+    return [dt for prev, cur, dt in busy_steps(processes, start, end) if prev["waiting"] > 0 and cur["waiting"] > 0]
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float] | None:
+    """Count, p50 and p90 of ``values``; None if empty."""
+    if not values:
+        return None
+    p50, p90 = np.percentile(values, [50, 90])
+    return {"steps": len(values), "p50_s": float(p50), "p90_s": float(p90)}
 
 
 def fit(samples: Sequence[tuple[int, int, float]]) -> dict[str, float] | None:
@@ -79,18 +102,25 @@ def run_costs(steps: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict[s
     """The fit per mode over one run's single-mode spans, with the samples kept for pooling."""
     processes = by_process(steps)
     per_mode: dict[str, list[tuple[int, int, float]]] = {}
+    full: dict[str, list[float]] = {}
     for start, end, mode in mode_spans(report):
         per_mode.setdefault(mode, []).extend(step_samples(processes, start, end))
-    return {"label": report["run"].get("label"), "samples": per_mode,
-            "fits": {m: fit(s) if len(s) >= 3 else None for m, s in per_mode.items()}}
+        full.setdefault(mode, []).extend(full_step_seconds(processes, start, end))
+    return {"label": report["run"].get("label"), "samples": per_mode, "full_step_samples": full,
+            "fits": {m: fit(s) if len(s) >= 3 else None for m, s in per_mode.items()},
+            "full_steps": {m: percentiles(v) for m, v in full.items()}}
 
 
-def _describe(name: str, f: dict[str, float] | None) -> str:
+def _describe(name: str, f: dict[str, float] | None, full: dict[str, float] | None) -> str:
     if f is None:
-        return f"  {name}: too few steps to fit"
-    return (f"  {name}: {f['steps']} steps, overhead {f['overhead_s'] * 1e3:.2f} ms, "
-            f"{f['s_per_prompt_token']:.3g} s/prompt token, {f['s_per_output_token']:.3g} s/output token, "
-            f"R^2 {f['r2']:.2f}, mean step {f['mean_step_s'] * 1e3:.1f} ms")
+        line = f"  {name}: too few steps to fit"
+    else:
+        line = (f"  {name}: {f['steps']} steps, overhead {f['overhead_s'] * 1e3:.2f} ms, "
+                f"{f['s_per_prompt_token']:.3g} s/prompt token, {f['s_per_output_token']:.3g} s/output token, "
+                f"R^2 {f['r2']:.2f}, mean step {f['mean_step_s'] * 1e3:.1f} ms")
+    if full is None:
+        return line + "; no full steps"
+    return line + f"; {full['steps']} full steps, p50 {full['p50_s'] * 1e3:.1f} ms, p90 {full['p90_s'] * 1e3:.1f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     steps = read_jsonl(a.steps)
     results = per_report(
         a.reports, lambda rep: run_costs(steps, rep),
-        lambda r: [f"{r['label']}:"] + [_describe(m, f) for m, f in sorted(r["fits"].items())],
+        lambda r: [f"{r['label']}:"] + [_describe(m, f, r["full_steps"][m]) for m, f in sorted(r["fits"].items())],
     )
-    pooled = {}
+    pooled, pooled_full = {}, {}
     for mode in sorted({m for r in results for m in r["samples"]}):
         samples = [s for r in results for s in r["samples"].get(mode, [])]
         pooled[mode] = fit(samples) if len(samples) >= 3 else None
-        print(_describe(f"all runs, {mode}", pooled[mode]))
+        pooled_full[mode] = percentiles([s for r in results for s in r["full_step_samples"].get(mode, [])])
+        print(_describe(f"all runs, {mode}", pooled[mode], pooled_full[mode]))
     if pooled.get("fp16"):
         f = pooled["fp16"]
         params = {k: float(f"{f[k]:.2g}") for k in ("s_per_prompt_token", "s_per_output_token")}
         print(f"fp16_load params: {json.dumps(params)}")
     if a.out:
-        a.out.write_text(json.dumps({"runs": [{k: v for k, v in r.items() if k != "samples"} for r in results],
-                                     "pooled": pooled}, indent=1))
+        drop = ("samples", "full_step_samples")
+        a.out.write_text(json.dumps({"runs": [{k: v for k, v in r.items() if k not in drop} for r in results],
+                                     "pooled": pooled, "pooled_full_steps": pooled_full}, indent=1))
     return 0
 
 

@@ -23,7 +23,8 @@ def _steps(t0, t1, mode_at, rng, pid=1):
         prompt, output = rng.choice([0, 0, 512, 2048]), rng.randint(1, 64)
         a, p, o = COSTS[mode_at(t)]
         t += a + p * prompt + o * output + rng.uniform(-2e-4, 2e-4)
-        out.append({"t": t, "pid": pid, "prompt_tokens": prompt, "gen_tokens": output, "running": output})
+        out.append({"t": t, "pid": pid, "prompt_tokens": prompt, "gen_tokens": output, "running": output,
+                    "waiting": 0})
     return out
 
 
@@ -46,12 +47,25 @@ def test_spans_where_replicas_disagree_are_left_out():
 
 
 def test_idle_gaps_and_steps_after_idle_records_are_not_step_times():
-    rows = [{"t": 100.0 + 0.01 * i, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4} for i in range(10)]
-    rows += [{"t": 101.0, "pid": 1, "prompt_tokens": 0, "gen_tokens": 0},  # idle record
-             {"t": 101.5, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4},  # follows idle
-             {"t": 103.0, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4}]  # a 1.5 s gap
+    rows = [{"t": 100.0 + 0.01 * i, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4, "waiting": 0} for i in range(10)]
+    rows += [{"t": 101.0, "pid": 1, "prompt_tokens": 0, "gen_tokens": 0, "waiting": 0},  # idle record
+             {"t": 101.5, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4, "waiting": 0},  # follows idle
+             {"t": 103.0, "pid": 1, "prompt_tokens": 0, "gen_tokens": 4, "waiting": 0}]  # a 1.5 s gap
     samples = run_costs(rows, _report(100.0, {"r": "fp16"}))["samples"]["fp16"]
     assert len(samples) == 9 and all(dt == pytest.approx(0.01) for _, _, dt in samples)
+
+
+def test_full_steps_are_the_steps_with_requests_waiting_at_both_ends():
+    rows, t = [], 100.0
+    for i in range(40):  # 10 ms steps; from i = 20 a backlog: 50 ms steps with requests waiting
+        backlog = i >= 20
+        t += 0.05 if backlog and i > 20 else 0.01
+        rows.append({"t": t, "pid": 1, "prompt_tokens": 2048 if backlog else 0, "gen_tokens": 8,
+                     "waiting": 3 if backlog else 0})
+    full = run_costs(rows, _report(100.0, {"r": "fp16"}))["full_steps"]["fp16"]
+    assert full["steps"] == 19  # the step into the backlog had no one waiting before it
+    assert full["p50_s"] == pytest.approx(0.05) and full["p90_s"] == pytest.approx(0.05)
+    assert run_costs(rows[:20], _report(100.0, {"r": "fp16"}))["full_steps"]["fp16"] is None
 
 
 def test_fit_refuses_samples_that_cannot_separate_the_costs():
@@ -69,4 +83,6 @@ def test_cli_prints_fp16_load_params(tmp_path, capsys):
     params = json.loads(line.split(": ", 1)[1])
     assert params["s_per_prompt_token"] == pytest.approx(1e-5, rel=0.05)
     assert params["s_per_output_token"] == pytest.approx(3e-4, rel=0.05)
-    assert json.loads((tmp_path / "fit.json").read_text())["pooled"]["fp16"]["steps"] > 100
+    written = json.loads((tmp_path / "fit.json").read_text())
+    assert written["pooled"]["fp16"]["steps"] > 100
+    assert written["pooled_full_steps"]["fp16"] is None  # no request ever waited in this log

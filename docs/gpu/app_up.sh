@@ -1,7 +1,9 @@
 # Start the whole app on the H200 box (Llama-3.1-8B shapes, dummy weights; one replica per GPU with
 # NESTEDFP_REPLICAS=N on an N-GPU box) unless it already answers,
 # then smoke-test it. Source after docs/gpu/setup_box.sh:  source docs/gpu/app_up.sh OUTDIR
-# NESTEDFP_STEP_TOKENS sets vLLM's step budget (max_num_batched_tokens, the prefill chunk; default 2048).
+# NESTEDFP_STEP_TOKENS sets vLLM's step budget (max_num_batched_tokens, the prefill chunk). Default 1792: the
+# fp16 steps of a prefill burst then take a median 48 ms under fp16_load, inside the 50-ms TPOT SLO, against 52 ms
+# at 2048 (`python -m loadtests.step_cost` prints them as full steps; docs/BENCHMARKS.md, "A 1792-token step budget").
 # Prefix caching is off: the dummy model's word-level tokenizer maps load-test prompts to repeated
 # unknown tokens, so cached prefixes would make prefill free. Policy and SLO targets come from NESTEDFP_POLICY__* if set (defaults below).
 # Every engine step is logged to OUTDIR/steps.jsonl (NESTEDFP_STEP_LOG) to find stalls afterwards.
@@ -10,7 +12,7 @@ out=${1:?outdir}; mkdir -p "$out"
 export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_REPLICAS=${NESTEDFP_REPLICAS:-1} \
   NESTEDFP_GPUS_PER_REPLICA=1 NESTEDFP_CPUS_PER_REPLICA=1 NESTEDFP_ADMIN_TOKEN=bench \
   NESTEDFP_MAX_ONGOING_REQUESTS=1024 NESTEDFP_MAX_QUEUED_REQUESTS=4096 \
-  NESTEDFP_ENGINE_KWARGS="{\"load_format\": \"dummy\", \"max_model_len\": 8192, \"gpu_memory_utilization\": 0.85, \"max_num_seqs\": 256, \"max_num_batched_tokens\": ${NESTEDFP_STEP_TOKENS:-2048}, \"enable_prefix_caching\": false}"
+  NESTEDFP_ENGINE_KWARGS="{\"load_format\": \"dummy\", \"max_model_len\": 8192, \"gpu_memory_utilization\": 0.85, \"max_num_seqs\": 256, \"max_num_batched_tokens\": ${NESTEDFP_STEP_TOKENS:-1792}, \"enable_prefix_caching\": false}"
 export NESTEDFP_STEP_LOG=${NESTEDFP_STEP_LOG:-$out/steps.jsonl}
 # Every stats sample the controller receives goes to OUTDIR/signals.jsonl, to replay policies offline
 # (python -m loadtests.policy_replay).
