@@ -29,9 +29,9 @@ import torch
 import triton
 
 from kernels import nested_merge
-from kernels.bench import geomean, graphed, make_weight, scaled_mm_fn
+from kernels.bench import check, geomean, graphed, make_weight, scaled_mm_fn
 from kernels.ops import new_mode_tensor
-from kernels.reference import nested_linear, quantize_per_token
+from kernels.reference import quantize_per_token
 from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
 from kernels.tuning import LLAMA_SHAPES
 
@@ -75,7 +75,6 @@ def probe(fl: dict, device: torch.device) -> list[dict]:
         fn = graphed(lambda buf=buf, out=out: torch.sum(buf, 0, dtype=torch.float32, out=out))
         rows.append({"mb": mb, **{f"probe_{name}_us": time_us(fn, f) for name, f in fl.items()}})
         print(f"read {mb:4d} MB  " + "  ".join(f"{k} {v:7.1f}" for k, v in rows[-1].items() if k != "mb"), flush=True)
-        del buf
     return rows
 
 
@@ -108,13 +107,8 @@ def gemms(fl: dict, shapes: dict[str, tuple[int, int]], ms: tuple[int, ...]) -> 
 
 def gemm_row(fl: dict, name: str, nw, w16: torch.Tensor, x: torch.Tensor, modes: dict) -> dict:
     n, k = nw.shape
-    r = {"shape": name, "n": n, "k": k, "m": x.shape[0]}
-    for md in ("fp16", "fp8"):
-        y = nested_linear_cuda(x, nw.upper, nw.lower, modes[md], 0)
-        ref = nested_linear(x, nw, md)
-        r[f"err_{md}"] = float((y.double() - ref.double()).norm() / ref.double().norm())
-        if not r[f"err_{md}"] < 5e-3:
-            raise AssertionError(f"{name} M={x.shape[0]} {md}: relative error {r[f'err_{md}']:.3g}")
+    errs = check(x, nw)  # both modes, both picks, against the reference; raises if any is off
+    r = {"shape": name, "n": n, "k": k, "m": x.shape[0], "err_fp16": errs["fp16"], "err_fp8": errs["fp8"]}
     codes = quantize_per_token(x)
     ops = {"cublas_fp16": lambda: torch.matmul(x, w16.t()), "cublaslt_fp8": scaled_mm_fn(x, nw)[0],
            "nested_fp16": lambda: nested_linear_cuda(x, nw.upper, nw.lower, modes["fp16"], 0),
