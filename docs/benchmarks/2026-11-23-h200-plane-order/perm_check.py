@@ -17,6 +17,7 @@ import time
 import torch
 
 from kernels import gluon_fp16 as G
+from kernels import nested_merge
 from kernels import gluon_fp16_perm as P
 from kernels import gluon_fp16_lperm as LP
 from kernels.bench import make_weight, rel_err
@@ -57,6 +58,11 @@ def main() -> None:
     t0 = time.time()
     mode = new_mode_tensor("cuda", "fp16")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), device=torch.cuda.get_device_name(), checks=[], rows=[])
+
+    def write() -> None:  # after every row, so that a run cut short keeps what it measured
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
     # ragged checks (K a multiple of 64)
     for m, n, k in ((7, 384, 512), (33, 200, 1024), (333, 3000, 2048), (1000, 4096, 4096)):
         nw = make_weight(n, k)
@@ -78,8 +84,6 @@ def main() -> None:
         n, k = LLAMA_SHAPES[name]
         nw = make_weight(n, k)
         up, lo = permute_plane(nw.upper), permute_plane(nw.lower)
-        w16 = torch.empty(n, k, device="cuda", dtype=torch.float16)
-        from kernels import nested_merge
         w16 = nested_merge(nw)
         for m in (int(v) for v in a.ms.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -106,13 +110,11 @@ def main() -> None:
                   + " ".join(f"{e['cfg']}:{e.get('nat_us', float('nan')):.1f}/{e.get('perm_us', float('nan')):.1f}"
                              f"/{e.get('lperm_us', float('nan')):.1f}"
                              for e in row["cfgs"]), flush=True)
-            with open(a.out, "w") as f:
-                json.dump(res, f, indent=1)
+            write()
         del nw, up, lo, w16
         torch.cuda.empty_cache()
     res["elapsed_s"] = time.time() - t0
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write()
 
 
 if __name__ == "__main__":
