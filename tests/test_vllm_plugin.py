@@ -257,3 +257,13 @@ def test_policy_signals_record_real_engine_steps_and_finished_requests(nested, m
     assert s["ttft_p90"] is not None and s["tpot_p90"] is not None
     assert s["req_tpot_p50"] is not None and 0 < s["req_tpot_p50"] <= s["req_tpot_p90"]
     assert s["req_tpot_p90"] * (params.max_tokens - 1) <= wall  # a mean over 15 gaps fits in the run
+
+
+def test_kernel_profile_window_counts_every_nested_layer_once_per_engine_step(nested):
+    # On the CPU the window records ops, not kernels: each engine step calls every nested layer's op once.
+    layers = len(nested.rpc("nestedfp_report")[0]["nested"])
+    nested.rpc("start_kernel_profile")
+    nested.generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    s = nested.rpc("stop_kernel_profile")[0]
+    count = s["categories"]["nestedfp"]["count"]
+    assert count >= 4 * layers and count % layers == 0

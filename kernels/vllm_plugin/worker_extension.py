@@ -7,7 +7,7 @@ import hashlib
 import torch
 
 from kernels.nested_format import NestedWeight, nested_merge
-from kernels.vllm_plugin import precision
+from kernels.vllm_plugin import precision, step_profile
 
 
 class PrecisionWorkerExtension:
@@ -59,3 +59,11 @@ class PrecisionWorkerExtension:
                 w = m.weight.data
             out[name] = hashlib.sha256(w.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
         return out
+
+    def start_kernel_profile(self) -> None:
+        """Records this worker's kernels until ``stop_kernel_profile`` (``kernels.vllm_plugin.step_profile``)."""
+        step_profile.start()
+
+    def stop_kernel_profile(self) -> dict:
+        """The recorded kernels' time by kind (``step_profile.summarize``)."""
+        return step_profile.stop()
