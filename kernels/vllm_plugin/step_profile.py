@@ -46,6 +46,7 @@ _started = 0.0
 
 
 def kernel_category(name: str) -> str:
+    """The kind of a kernel (or, on the CPU, an op) by its name: ``CATEGORIES``' first match, else "other"."""
     low = name.lower()
     for cat, pattern in CATEGORIES:
         if pattern.search(low):
