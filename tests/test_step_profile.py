@@ -10,6 +10,7 @@ import torch
 
 from kernels.vllm_plugin import step_profile
 from kernels.vllm_plugin.step_profile import analysis, kernel_category, summarize
+from tests.kernel_helpers import nested_weights
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -84,10 +85,9 @@ def test_analysis_bounds_fp8_by_the_linear_share_and_attributes_the_gap_by_kind(
 
 def test_profiler_window_records_the_nestedfp_ops_called_inside_it():
     import kernels.ops  # noqa: F401  (defines torch.ops.nestedfp.linear)
-    from kernels.nested_format import nested_split
     from kernels.vllm_plugin.precision import mode_tensor
 
-    nw = nested_split(torch.randn(32, 64, dtype=torch.float16))
+    nw = nested_weights(32, 64, device="cpu")
     x = torch.randn(4, 64, dtype=torch.float16)
     mode = mode_tensor(torch.device("cpu"))
     calls = random.randint(2, 5)

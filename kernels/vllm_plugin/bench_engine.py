@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 WORKLOADS = {  # name: (requests, prompt tokens, output tokens)
     "balanced_512in_128out": (256, 512, 128),
@@ -63,23 +64,37 @@ def _engine_kwargs(model: str, quantization: str | None) -> dict:
     )
 
 
-def run_variant(model: str, name: str) -> dict:
-    """Offline throughput of one variant on every workload (CUDA graphs and torch.compile on)."""
-    from vllm import LLM, SamplingParams
+def open_engine(model: str, name: str) -> tuple[Any, dict]:
+    """An offline engine for variant ``name``, switched to its mode; returns (engine, variant)."""
+    from vllm import LLM
 
     v = ALL_VARIANTS[name]
-    t0 = time.perf_counter()
     llm = LLM(**_engine_kwargs(model, v["quantization"]))
-    startup = time.perf_counter() - t0
     if v["mode"]:
         assert llm.collective_rpc("set_precision", args=(v["mode"],)) == [v["mode"]]
+    return llm, v
+
+
+def workload(name: str) -> tuple[list, Any]:
+    """Workload ``name``'s prompts and sampling parameters."""
+    from vllm import SamplingParams
+
+    n, p_len, o_len = WORKLOADS[name]
+    return _prompts(n, p_len, seed=1), SamplingParams(max_tokens=o_len, ignore_eos=True, temperature=0.0,
+                                                      detokenize=False)
+
+
+def run_variant(model: str, name: str) -> dict:
+    """Offline throughput of one variant on every workload (CUDA graphs and torch.compile on)."""
+    t0 = time.perf_counter()
+    llm, v = open_engine(model, name)
+    startup = time.perf_counter() - t0
     out = {"variant": name, "startup_s": startup, "weight_bytes": llm.collective_rpc("model_weight_bytes")[0]}
     if v["quantization"] == "nestedfp":
         rep = llm.collective_rpc("nestedfp_report")[0]
         out["nested_layers"] = {k: len(rep[k]) for k in ("nested", "prescaled", "plain", "prequantized")}
-    for wl, (n, p_len, o_len) in WORKLOADS.items():
-        prompts = _prompts(n, p_len, seed=1)
-        params = SamplingParams(max_tokens=o_len, ignore_eos=True, temperature=0.0, detokenize=False)
+    for wl, (n, p_len, _) in WORKLOADS.items():
+        prompts, params = workload(wl)
         llm.generate(prompts[:16], params, use_tqdm=False)  # warm-up
         t = time.perf_counter()
         res = llm.generate(prompts, params, use_tqdm=False)
@@ -91,6 +106,18 @@ def run_variant(model: str, name: str) -> dict:
         }
         print(f"{name:14s} {wl:28s} {out[wl]['total_tokens_per_s']:10.0f} tok/s", flush=True)
     return out
+
+
+def run_child(module: str, model: str, *extra: str, env: dict[str, str] | None = None) -> dict:
+    """``python -m module --model model *extra`` in a fresh process (GPU memory freed after it); its last
+    ``RESULT {json}`` line, or an error record with the tail of its stderr."""
+    p = subprocess.run([sys.executable, "-m", module, "--model", model, *extra],
+                       capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode or not lines:
+        print(p.stdout[-3000:], p.stderr[-6000:], sep="\n", file=sys.stderr)
+        return {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-2000:]}
+    return json.loads(lines[-1][7:])
 
 
 async def _switch_test(model: str, switches: int = 100, interval_s: float = 0.25) -> dict:
@@ -168,14 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = {"date": time.strftime("%Y-%m-%d"), "model": a.model, "workloads": WORKLOADS, "variants": {}}
 
-    def child(*extra: str, env: dict[str, str] | None = None) -> dict | None:
-        p = subprocess.run([sys.executable, "-m", "kernels.vllm_plugin.bench_engine", "--model", a.model, *extra],
-                           capture_output=True, text=True, env={**os.environ, **(env or {})})
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-        if p.returncode or not lines:
-            print(p.stdout[-3000:], p.stderr[-6000:], sep="\n", file=sys.stderr)
-            return {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-2000:]}
-        return json.loads(lines[-1][7:])
+    def child(*extra: str, env: dict[str, str] | None = None) -> dict:
+        return run_child("kernels.vllm_plugin.bench_engine", a.model, *extra, env=env)
 
     for name in a.variants.split(","):
         results["variants"][name] = child("--one", name, env=ALL_VARIANTS[name].get("env"))

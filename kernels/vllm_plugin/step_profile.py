@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ TOP = 6  # kernels listed per kind
 
 _profiler = None
 _started = 0.0
+_kinds: tuple[str, ...] = ()  # the trace events the running window sums: kernels, or CPU ops off the GPU
 
 
 def kernel_category(name: str) -> str:
@@ -97,15 +97,17 @@ def summarize(events: list[dict], kinds: tuple[str, ...] = ("kernel", "gpu_memcp
 
 def start() -> None:
     """Starts recording this process's kernels (CPU ops where there is no GPU: the plumbing's test)."""
-    global _profiler, _started
+    global _profiler, _started, _kinds
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     if _profiler is not None:
         raise RuntimeError("a kernel profile is already running")
-    act = ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+        act, _kinds = ProfilerActivity.CUDA, ("kernel", "gpu_memcpy", "gpu_memset")
+    else:
+        act, _kinds = ProfilerActivity.CPU, ("cpu_op",)
     _profiler = profile(activities=[act])
     _profiler.start()
     _started = time.perf_counter()
@@ -128,25 +130,17 @@ def stop() -> dict:
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f).get("traceEvents", [])
-    kinds = ("kernel", "gpu_memcpy", "gpu_memset") if torch.cuda.is_available() else ("cpu_op",)
-    return {"wall_s": wall, **summarize(events, kinds)}
+    return {"wall_s": wall, **summarize(events, _kinds)}
 
 
 def run_variant(model: str, name: str, workloads: list[str]) -> dict:
-    """One variant's kernel summaries, a workload at a time (the engine of ``bench_engine.run_variant``)."""
-    from vllm import LLM, SamplingParams
+    """One variant's kernel summaries, a workload at a time (``bench_engine``'s engine and workloads)."""
+    from kernels.vllm_plugin.bench_engine import open_engine, workload
 
-    from kernels.vllm_plugin.bench_engine import ALL_VARIANTS, WORKLOADS, _engine_kwargs, _prompts
-
-    v = ALL_VARIANTS[name]
-    llm = LLM(**_engine_kwargs(model, v["quantization"]))
-    if v["mode"]:
-        assert llm.collective_rpc("set_precision", args=(v["mode"],)) == [v["mode"]]
+    llm, _ = open_engine(model, name)
     out = {"variant": name}
     for wl in workloads:
-        n, p_len, o_len = WORKLOADS[wl]
-        prompts = _prompts(n, p_len, seed=1)
-        params = SamplingParams(max_tokens=o_len, ignore_eos=True, temperature=0.0, detokenize=False)
+        prompts, params = workload(wl)
         llm.generate(prompts[:16], params, use_tqdm=False)  # warm-up
         llm.collective_rpc("start_kernel_profile")
         llm.generate(prompts, params, use_tqdm=False)
@@ -187,7 +181,7 @@ def analysis(variants: dict[str, dict], workloads: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kernels.vllm_plugin.bench_engine import ALL_VARIANTS, VARIANTS, WORKLOADS
+    from kernels.vllm_plugin.bench_engine import ALL_VARIANTS, VARIANTS, WORKLOADS, run_child
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="/root/models/llama-3.1-8b")
@@ -203,15 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": a.model, "command": " ".join(sys.argv),
                "workloads": {w: WORKLOADS[w] for w in workloads}, "variants": {}}
     for name in a.variants.split(","):
-        p = subprocess.run([sys.executable, "-m", "kernels.vllm_plugin.step_profile", "--model", a.model,
-                            "--workloads", a.workloads, "--one", name], capture_output=True, text=True,
-                           env={**os.environ, **(ALL_VARIANTS[name].get("env") or {})})
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-        if p.returncode or not lines:
-            print(p.stdout[-3000:], p.stderr[-6000:], sep="\n", file=sys.stderr)
-            results["variants"][name] = {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-2000:]}
-        else:
-            results["variants"][name] = json.loads(lines[-1][7:])
+        results["variants"][name] = run_child("kernels.vllm_plugin.step_profile", a.model, "--workloads",
+                                              a.workloads, "--one", name, env=ALL_VARIANTS[name].get("env"))
         results["analysis"] = analysis(results["variants"], workloads)
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)
