@@ -15,7 +15,12 @@ import torch
 
 from kernels.mode_state import MODE_CODES, host_mode, register_host_mode, set_host_mode  # noqa: F401 (re-exported)
 from kernels.nested_format import NestedWeight
-from kernels.reference import nested_linear, nested_linear_prequantized
+from kernels.reference import (
+    nested_linear,
+    nested_linear_prequantized,
+    silu_mul_codes_outputs,
+    silu_mul_codes_reference,
+)
 
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 
@@ -72,6 +77,17 @@ def _nestedfp_linear_prequantized_fake(x, x_fp8, x_scale, upper, lower, mode, sc
     return x.new_empty((*x.shape[:-1], upper.shape[0]))
 
 
+def nestedfp_silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, codes, scales)`` for ``x = silu(gate_up[..., :d]) * gate_up[..., d:]``: what
+    ``nestedfp::linear_prequantized`` reads, x in FP16 mode and the codes and scales in FP8 mode. The CUDA
+    kernel writes only those (``kernels.silu_mul_codes``); this reference writes all three."""
+    return silu_mul_codes_reference(gate_up)
+
+
+def _nestedfp_silu_mul_codes_fake(gate_up, mode):
+    return silu_mul_codes_outputs(gate_up)
+
+
 def define_op(name: str, schema: str, reference, fake, cuda=None) -> None:
     """``nestedfp::<name>``: the reference on every device, ``cuda`` on CUDA, ``fake`` for tracing.
 
@@ -91,6 +107,10 @@ try:
     from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
 except ImportError:  # Triton absent: the reference serves every device
     nested_linear_cuda = nested_linear_prequantized_cuda = None
+try:
+    from kernels.silu_mul_codes import silu_mul_codes as silu_mul_codes_cuda
+except ImportError:
+    silu_mul_codes_cuda = None
 
 define_op("linear", "(Tensor x, Tensor upper, Tensor lower, Tensor mode, int scale_exp, Tensor? bias=None) -> Tensor",
           nestedfp_linear, _nestedfp_linear_fake, nested_linear_cuda)
@@ -98,3 +118,5 @@ define_op("linear_prequantized",
           "(Tensor x, Tensor x_fp8, Tensor x_scale, Tensor upper, Tensor lower, Tensor mode, int scale_exp, "
           "Tensor? bias=None) -> Tensor",
           nestedfp_linear_prequantized, _nestedfp_linear_prequantized_fake, nested_linear_prequantized_cuda)
+define_op("silu_mul_codes", "(Tensor gate_up, Tensor mode) -> (Tensor, Tensor, Tensor)",
+          nestedfp_silu_mul_codes, _nestedfp_silu_mul_codes_fake, silu_mul_codes_cuda)

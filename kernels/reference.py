@@ -23,6 +23,21 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_fp8, scale
 
 
+def silu_mul_codes_outputs(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty ``(x, codes, scales)`` for ``nestedfp::silu_mul_codes`` on ``gate_up`` [..., 2 * d]."""
+    lead, d = gate_up.shape[:-1], gate_up.shape[-1] // 2
+    return (gate_up.new_empty((*lead, d)), gate_up.new_empty((*lead, d), dtype=torch.float8_e4m3fn),
+            gate_up.new_empty((*lead, 1), dtype=torch.float32))
+
+
+def silu_mul_codes_reference(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x = silu(gate) * up`` rounded once from fp32, with ``quantize_per_token(x)``: all three whatever the
+    mode (the CUDA kernel, ``kernels.silu_mul_codes``, writes only what the mode reads)."""
+    d = gate_up.shape[-1] // 2
+    x = (F.silu(gate_up[..., :d].float()) * gate_up[..., d:].float()).to(gate_up.dtype)
+    return (x, *quantize_per_token(x))
+
+
 def fp8_linear_reference(
     x: torch.Tensor, upper: torch.Tensor, weight_scale: float, bias: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -102,3 +102,67 @@ def test_compile_fuses_the_quantization_into_the_rms_norm_kernel():
         assert rel_err(y16, nested_linear(h16, nw, "fp16")) < TOL["fp16"]
     finally:
         set_host_mode(mode, "fp16")
+
+
+@pytest.mark.parametrize("m, d", [(1, 14336), (256, 14336), (2049, 14336), (33, 3000)])
+def test_mode_aware_silu_mul_writes_x_or_the_codes_of_that_x(m, d):
+    """``kernels.silu_mul_codes`` on the GPU (fast division, hardware E4M3): x within an ulp of the reference
+    (the GPU's exp), codes and scales bit for bit ``quantize_per_token`` of that x; each mode leaves the other
+    mode's outputs as it found them."""
+    from kernels import silu_mul_codes as smc
+    from kernels.reference import silu_mul_codes_reference
+
+    g = (torch.randn(m, 2 * d, device="cuda") * 4).half()
+    mode = new_mode_tensor("cuda")
+    got = {}
+    for name in ("fp16", "fp8"):
+        set_host_mode(mode, name)
+        x = torch.full((m, d), float("nan"), device="cuda").half()
+        q = torch.full((m, d), 0x7F, dtype=torch.uint8, device="cuda")
+        s = torch.full((m, 1), float("nan"), device="cuda")
+        smc.silu_mul_codes_kernel[(m,)](g, x, q.view(torch.float8_e4m3fn), s, mode, m, d, g.stride(0),
+                                        CHUNK=smc.CHUNK, INTERPRET=False, num_warps=8, num_stages=1)
+        got[name] = x, q, s
+    set_host_mode(mode, "fp16")
+    x, q16, s16 = got["fp16"]
+    x8, q, s = got["fp8"]
+    assert (x.view(torch.int16).int() - silu_mul_codes_reference(g)[0].view(torch.int16).int()).abs().max() <= 1
+    rq, rs = quantize_per_token(x)
+    assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
+    assert (q16 == 0x7F).all() and s16.isnan().all() and x8.isnan().all()
+    fx, fq, fs = smc.silu_mul_codes(g, mode)  # the wrapper's fast launch path, FP16 mode
+    assert torch.equal(fx, x)
+
+
+def test_compiled_mlp_tail_with_the_silu_codes_pass_follows_mode_flips_in_a_cuda_graph():
+    """What vLLM compiles before down_proj, with the plugin's pass: one ``nestedfp::silu_mul_codes`` launch
+    replaces Inductor's fused SiLU-and-mul + quantization; captured once, each replay gives the reference of
+    the mode it runs in."""
+    pytest.importorskip("vllm")
+    from torch._inductor.utils import run_and_get_code
+    from vllm.model_executor.layers.activation import SiluAndMul
+
+    from kernels.reference import silu_mul_codes_reference
+    from kernels.vllm_plugin.silu_codes_pass import SiluCodesPass
+
+    n, d, m = 4096, 14336, 64
+    nw = nested_weights(n, d)
+    mode = new_mode_tensor("cuda")
+
+    def tail(gate_up):
+        x = SiluAndMul.forward_native(gate_up)
+        q, s = quantize_per_token(x)
+        return torch.ops.nestedfp.linear_prequantized(x, q, s, nw.upper, nw.lower, mode, nw.scale_exp)
+
+    g = torch.randn(m, 2 * d, device="cuda").half()
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=SiluCodesPass(), fx_graph_cache=False):
+        compiled = torch.compile(tail, fullgraph=True)
+        _, codes = run_and_get_code(compiled, g)
+    assert "silu_mul_codes" in "".join(codes)
+
+    def check(out, name, step):
+        want = nested_linear_prequantized(*silu_mul_codes_reference(g), nw, name)
+        assert rel_err(out, want) < TOL[name], (step, name)
+
+    replays_follow_mode_flips(lambda: compiled(g), g, mode, check)

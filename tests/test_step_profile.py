@@ -26,6 +26,7 @@ from tests.kernel_helpers import nested_weights
     ("void vllm::reshape_and_cache_flash_kernel<__half, __half, 0>(...)", "kv_cache"),
     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "elementwise"),
     ("triton_poi_fused_mul_silu_slice_1", "elementwise"),
+    ("silu_mul_codes_kernel", "elementwise"),  # ours, in place of Inductor's fused SiLU-and-mul + codes
     ("Memcpy HtoD (Pageable -> Device)", "memcpy"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "other"),
 ])

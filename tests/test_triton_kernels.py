@@ -35,23 +35,24 @@ def _interpreted_modules():
     from triton.runtime.interpreter import InterpretedFunction
 
     names = ["kernels.tuning", "kernels.split_k", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
-             "kernels.triton_dispatch"]
+             "kernels.triton_dispatch", "kernels.silu_mul_codes"]
     jitted = {"kernels.split_k": "split_ids", "kernels.triton_fp8": "quantize_rows",
-              "kernels.triton_fp16": "nested_fp16_kernel", "kernels.triton_merge": "merge_kernel"}
+              "kernels.triton_fp16": "nested_fp16_kernel", "kernels.triton_merge": "merge_kernel",
+              "kernels.silu_mul_codes": "silu_mul_codes_kernel"}
     mods = {n: importlib.import_module(n) for n in names}
     if not all(isinstance(getattr(mods[n], f), InterpretedFunction) for n, f in jitted.items()):
         mods = {n: importlib.reload(mods[n]) for n in names}
     if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
         pytest.skip("Triton kernels were decorated without the interpreter", allow_module_level=True)
     return [mods[n] for n in ("kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_merge",
-                              "kernels.triton_dispatch")]
+                              "kernels.triton_dispatch", "kernels.silu_mul_codes")]
 
 
-tuning, tfp16, tfp8, tmerge, dispatch = _interpreted_modules()
+tuning, tfp16, tfp8, tmerge, dispatch, smc = _interpreted_modules()
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
 from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
-from kernels.reference import quantize_per_token  # noqa: E402
+from kernels.reference import quantize_per_token, silu_mul_codes_reference  # noqa: E402
 from tests.kernel_helpers import poison_split_k_workspace, rel_err, split_k_partials_written  # noqa: E402
 
 TileConfig = tuning.TileConfig
@@ -437,3 +438,39 @@ def test_warm_up_runs_every_boundary_m_in_both_modes_both_picks_and_both_ops_onc
                 for pq in (False, True)]
     assert sorted(seen) == sorted(expected)
     assert not warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20), "once per shape"
+
+
+def _poisoned_silu_outputs(m: int, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.full((m, d), float("nan")).half(), torch.full((m, d), 0x7F, dtype=torch.uint8),
+            torch.full((m, 1), float("nan")))
+
+
+@pytest.mark.parametrize("m, d", [(1, 7), (5, 40), (3, smc.CHUNK + 13)])  # the last spans a ragged second step
+def test_silu_mul_codes_writes_x_in_fp16_mode_and_only_the_codes_in_fp8_mode(m, d):
+    """x = silu(gate) * up rounded once from fp32 in FP16 mode; in FP8 mode the codes and scales of that x,
+    bit for bit ``quantize_per_token``'s. Each mode leaves the other's outputs as it found them (poisoned)."""
+    g = (torch.randn(m, 2 * d) * 4).half()
+    mode = new_mode_tensor("cpu")
+    got = {}
+    for name in ("fp16", "fp8"):
+        set_host_mode(mode, name)
+        x, q, s = _poisoned_silu_outputs(m, d)
+        smc.silu_mul_codes_kernel[(m,)](g, x, q.view(torch.float8_e4m3fn), s, mode, m, d, g.stride(0),
+                                        CHUNK=smc.CHUNK, INTERPRET=True)
+        got[name] = x, q, s
+    x, q16, s16 = got["fp16"]
+    x8, q, s = got["fp8"]
+    rx = silu_mul_codes_reference(g)[0]
+    assert (x.view(torch.int16).int() - rx.view(torch.int16).int()).abs().max() <= 1  # exp's last bit may differ
+    rq, rs = quantize_per_token(x)
+    assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
+    assert (q16 == 0x7F).all() and s16.isnan().all()  # FP16 mode wrote no codes ...
+    assert x8.isnan().all()  # ... and FP8 mode no x
+
+
+def test_silu_mul_codes_rejects_an_odd_or_strided_last_dimension():
+    mode = new_mode_tensor("cpu")
+    with pytest.raises(ValueError, match="even last dimension"):
+        smc.silu_mul_codes(torch.randn(2, 9).half(), mode)
+    with pytest.raises(ValueError, match="unit stride"):
+        smc.silu_mul_codes(torch.randn(8, 2).half().t(), mode)

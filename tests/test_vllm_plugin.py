@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import uuid
 
 import pytest
@@ -59,7 +60,16 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def nested(tiny_model):
-    e = Engine(**engine_kwargs(tiny_model, quantization=QUANTIZATION, worker_extension_cls=WORKER_EXTENSION))
+    # Compiled afresh, not loaded from vLLM's cache, so that the SiLU-and-mul pass runs in this engine.
+    saved = os.environ.get("VLLM_DISABLE_COMPILE_CACHE")
+    os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+    try:
+        e = Engine(**engine_kwargs(tiny_model, quantization=QUANTIZATION, worker_extension_cls=WORKER_EXTENSION))
+    finally:
+        if saved is None:
+            del os.environ["VLLM_DISABLE_COMPILE_CACHE"]
+        else:
+            os.environ["VLLM_DISABLE_COMPILE_CACHE"] = saved
     yield e
     e.close()
 
@@ -105,6 +115,8 @@ def test_linear_layers_are_nested_prescaled_or_kept_plain_as_their_ranges_allow(
     # Every nested layer but the attention output projections quantizes x before the op (fused by compile).
     assert report["prequantized"] == [n for n in report["nested"] if not n.endswith("o_proj")]
     assert len(report["prequantized"]) == 11
+    # Every nested down_proj's SiLU-and-mul became the mode-aware op (silu_codes_pass), the pre-scaled one too.
+    assert report["silu_codes_fused"] == len([n for n in report["nested"] if n.endswith("down_proj")]) == 3
 
 
 @pytest.mark.parametrize("prefix, prequantized", [

@@ -8,7 +8,9 @@ Where a layer's input is written by an elementwise kernel (an RMSNorm before qkv
 SiLU-and-mul before down_proj), the method quantizes x per token itself, in plain torch ops, and calls
 ``nestedfp::linear_prequantized``: ``torch.compile`` fuses that quantization into the kernel that writes x,
 as it does for vLLM's own FP8. The price is that FP16 mode computes the codes too (one byte per value
-written by a kernel that writes two already). An attention output projection's input comes from the
+written by a kernel that writes two already). Before down_proj, where that price is largest (a second pass
+over each 14,336-value row), ``silu_codes_pass`` swaps Inductor's fused kernel for a mode-aware one that
+writes x in FP16 mode and the codes in FP8 mode. An attention output projection's input comes from the
 attention kernel, with nothing to fuse into, so it keeps ``nestedfp::linear``, which quantizes x only in
 FP8 mode. So does every layer when nothing compiles the model (``enforce_eager``): unfused, the torch ops would
 be separate kernels. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``; a comma-separated
@@ -79,8 +81,30 @@ class NestedFPConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> "NestedFPLinearMethod | None":
         # Linear layers only: embeddings and lm_head (vocab-parallel embeddings) stay as vLLM has them.
         if isinstance(layer, LinearBase):
+            _install_silu_codes_pass()
             return NestedFPLinearMethod(prefix)
         return None
+
+
+def _install_silu_codes_pass() -> None:
+    """Let torch.compile hand down_proj its codes from a mode-aware SiLU-and-mul (``silu_codes_pass``).
+
+    Called while vLLM builds the model, before its compile backend copies the Inductor config.
+    ``NESTEDFP_SILU_CODES=0`` leaves the config alone (Inductor's own fusion then writes the codes in both modes).
+    """
+    if os.environ.get("NESTEDFP_SILU_CODES", "1") == "0":
+        return
+    try:
+        from vllm.config import get_current_vllm_config
+
+        compile_config = get_current_vllm_config().compilation_config.inductor_compile_config
+    except Exception:  # noqa: BLE001 - no current config (a layer built outside an engine)
+        return
+    from kernels.vllm_plugin import silu_codes_pass
+
+    if not silu_codes_pass.install(compile_config):
+        logger.warning("nestedfp: %s already set; SiLU-and-mul keeps writing codes in FP16 mode",
+                       silu_codes_pass.PASS_KEY)
 
 
 def _max_step_tokens() -> int:
