@@ -24,7 +24,6 @@ from kernels.reference import quantize_per_token, silu_mul_codes_outputs, silu_m
 from kernels.triton_fp8 import FP8_MAX, act_scale, div_by_scale, to_e4m3
 
 CHUNK = 2048  # values of x a step: 8 a thread at 8 warps, act_quant's fastest two-pass step on the H200
-ONE_PASS_MAX_D = 16384  # FP8 mode holds rows up to this long in registers (16 warps x 32 values a thread)
 
 
 @triton.jit
@@ -38,56 +37,33 @@ def _silu_mul(g_row, offs, D, OUT_DTYPE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M"])
 def silu_mul_codes_kernel(g_ptr, x_ptr, q_ptr, s_ptr, mode_ptr, M, D, stride_gm, CHUNK: tl.constexpr,
-                          ROW: tl.constexpr, INTERPRET: tl.constexpr):
-    """A program per token row: x in FP16 mode (mode 0), codes and scale in FP8 mode (mode 1). With ROW (a power
-    of two >= D) set, the row is loaded in one go and FP8 mode quantizes it from registers; else both modes step
-    through it CHUNK values at a time, FP8 mode twice (absmax, then codes)."""
+                          INTERPRET: tl.constexpr):
+    """A program per token row: x in FP16 mode (mode 0), codes and scale in FP8 mode (mode 1)."""
     row = tl.program_id(0).to(tl.int64)
     g_row = g_ptr + row * stride_gm
     offs = tl.arange(0, CHUNK)
     out_dtype = x_ptr.dtype.element_ty
     if tl.load(mode_ptr) == 1:
-        if ROW:
-            cols = tl.arange(0, ROW)
-            h = _silu_mul(g_row, cols, D, out_dtype)
-            scale = act_scale(tl.max(tl.abs(h), axis=0), INTERPRET)
-            q = div_by_scale(h, scale, tl.math.div_rn(tl.full((), 1.0, tl.float32), scale), INTERPRET)
-            tl.store(q_ptr + row * D + cols, to_e4m3(tl.clamp(q, -FP8_MAX, FP8_MAX), INTERPRET), mask=cols < D)
-        else:
-            amax = tl.zeros((CHUNK,), dtype=tl.float32)
-            for d0 in tl.range(0, D, CHUNK, num_stages=1):
-                amax = tl.maximum(amax, tl.abs(_silu_mul(g_row, d0 + offs, D, out_dtype)))
-            scale = act_scale(tl.max(amax, axis=0), INTERPRET)
-            rcp = tl.math.div_rn(tl.full((), 1.0, tl.float32), scale)
-            for d0 in tl.range(0, D, CHUNK, num_stages=1):
-                q = div_by_scale(_silu_mul(g_row, d0 + offs, D, out_dtype), scale, rcp, INTERPRET)
-                tl.store(q_ptr + row * D + d0 + offs, to_e4m3(tl.clamp(q, -FP8_MAX, FP8_MAX), INTERPRET),
-                         mask=d0 + offs < D)
+        amax = tl.zeros((CHUNK,), dtype=tl.float32)
+        for d0 in tl.range(0, D, CHUNK, num_stages=1):
+            amax = tl.maximum(amax, tl.abs(_silu_mul(g_row, d0 + offs, D, out_dtype)))
+        scale = act_scale(tl.max(amax, axis=0), INTERPRET)
+        rcp = tl.math.div_rn(tl.full((), 1.0, tl.float32), scale)
+        for d0 in tl.range(0, D, CHUNK, num_stages=1):
+            q = div_by_scale(_silu_mul(g_row, d0 + offs, D, out_dtype), scale, rcp, INTERPRET)
+            tl.store(q_ptr + row * D + d0 + offs, to_e4m3(tl.clamp(q, -FP8_MAX, FP8_MAX), INTERPRET),
+                     mask=d0 + offs < D)
         tl.store(s_ptr + row, scale)
-    elif ROW:
-        cols = tl.arange(0, ROW)
-        tl.store(x_ptr + row * D + cols, _silu_mul(g_row, cols, D, out_dtype).to(out_dtype), mask=cols < D)
     else:
         for d0 in tl.range(0, D, CHUNK, num_stages=1):
             x = _silu_mul(g_row, d0 + offs, D, out_dtype)
             tl.store(x_ptr + row * D + d0 + offs, x.to(out_dtype), mask=d0 + offs < D)
 
 
-def launch_config(d: int, one_pass: bool | None = None, warps: int | None = None) -> tuple[dict, int]:
-    """(constexprs, warps) for rows of ``d`` values: one pass in FP8 mode up to ``ONE_PASS_MAX_D``."""
-    if one_pass is None:
-        one_pass = d <= ONE_PASS_MAX_D
-    if one_pass:  # 16 warps: up to 32 values a thread held
-        return dict(CHUNK=CHUNK, ROW=max(CHUNK, 1 << (d - 1).bit_length())), warps or 16
-    return dict(CHUNK=CHUNK, ROW=0), warps or 8
-
-
-def silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor, one_pass: bool | None = None,
-                   warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, codes, scales)`` for ``x = silu(gate_up[..., :d]) * gate_up[..., d:]``: x is written in FP16 mode
     (``mode[0] == 0``), the codes [..., d] E4M3 and scales [..., 1] fp32 in FP8 mode; the others are left
-    unwritten. ``gate_up`` needs unit stride along its last dimension. ``one_pass``: override the FP8-mode
-    path (benchmarks)."""
+    unwritten. ``gate_up`` needs unit stride along its last dimension."""
     x, q, s = silu_mul_codes_outputs(gate_up)
     g2 = gate_up.reshape(-1, gate_up.shape[-1])
     m, d = g2.shape[0], gate_up.shape[-1] // 2
@@ -96,41 +72,31 @@ def silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor, one_pass: bool | N
                          f"with strides {tuple(gate_up.stride())}")
     if m:
         sg = g2.stride(0)
-        consts, warps = launch_config(d, one_pass, warps)
-        launch(silu_mul_codes_kernel, m, (g2, x, q, s, mode, m, d, sg), dict(**consts, INTERPRET=not g2.is_cuda),
-               warps, 1, (g2.dtype, g2.data_ptr() & 15, d & 15, sg & 15))
+        launch(silu_mul_codes_kernel, m, (g2, x, q, s, mode, m, d, sg), dict(CHUNK=CHUNK, INTERPRET=not g2.is_cuda),
+               8, 1, (g2.dtype, g2.data_ptr() & 15, d & 15, sg & 15))
     return x, q, s
 
 
 if __name__ == "__main__":  # check against the reference, then time both modes against torch's silu-mul
-    import json
-    import sys
-
     from triton.testing import do_bench
 
     from kernels.mode_state import MODE_CODES
 
-    rows = []
-    for m, d in ((256, 14336), (2048, 14336), (8192, 14336), (8192, 28672)):
+    for m, d in ((256, 14336), (2048, 14336), (8192, 14336)):
         g = torch.randn(m, 2 * d, device="cuda").half()
         mode = torch.zeros(1, dtype=torch.int32, device="cuda")
-        row = {"m": m, "d": d}
-        for one_pass, warps in ((False, 8), (True, 8), (True, 16), (True, 32)):
-            for name in ("fp16", "fp8"):
-                mode.fill_(MODE_CODES[name])
-                x, q, s = silu_mul_codes(g, mode, one_pass, warps)
-                if name == "fp16":
-                    rx = silu_mul_codes_reference(g)[0]
-                    ulps = (x.view(torch.int16).int() - rx.view(torch.int16).int()).abs().max().item()
-                    assert ulps <= 1, f"x off by {ulps} ulps"
-                    rq, rs = quantize_per_token(x)
-                else:
-                    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
-                us = 1e3 * do_bench(lambda: silu_mul_codes(g, mode, one_pass, warps), return_mode="median")
-                row[f"{name}_{'one' if one_pass else 'two'}_pass_{warps}w_us"] = us
-        row["torch_silu_mul_us"] = 1e3 * do_bench(lambda: F.silu(g[:, :d]) * g[:, d:], return_mode="median")
-        rows.append(row)
-        print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+        rx, rq, rs = silu_mul_codes_reference(g)
+        row = {}
+        for name in ("fp16", "fp8"):
+            mode.fill_(MODE_CODES[name])
+            x, q, s = silu_mul_codes(g, mode)
+            if name == "fp16":
+                ulps = (x.view(torch.int16).int() - rx.view(torch.int16).int()).abs().max().item()
+                assert ulps <= 1, f"x off by {ulps} ulps"
+                rq, rs = quantize_per_token(x)
+            else:
+                assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
+            row[name] = do_bench(lambda: silu_mul_codes(g, mode), return_mode="median")
+        plain = do_bench(lambda: F.silu(g[:, :d]) * g[:, d:], return_mode="median")
+        print(f"M={m:5d} D={d}: fp16 mode {row['fp16'] * 1e3:7.1f} us, fp8 mode {row['fp8'] * 1e3:7.1f} us, "
+              f"torch silu*mul {plain * 1e3:7.1f} us", flush=True)
