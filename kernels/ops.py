@@ -77,7 +77,8 @@ def _nestedfp_linear_prequantized_fake(x, x_fp8, x_scale, upper, lower, mode, sc
     return x.new_empty((*x.shape[:-1], upper.shape[0]))
 
 
-def nestedfp_silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nestedfp_silu_mul_codes(gate_up: torch.Tensor,
+                            mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, codes, scales)`` for ``x = silu(gate_up[..., :d]) * gate_up[..., d:]``: what
     ``nestedfp::linear_prequantized`` reads, x in FP16 mode and the codes and scales in FP8 mode. The CUDA
     kernel writes only those (``kernels.silu_mul_codes``); this reference writes all three."""

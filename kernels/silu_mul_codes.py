@@ -73,7 +73,7 @@ def silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Ten
     if m:
         sg = g2.stride(0)
         launch(silu_mul_codes_kernel, m, (g2, x, q, s, mode, m, d, sg), dict(CHUNK=CHUNK, INTERPRET=not g2.is_cuda),
-               8, 1, (g2.dtype, g2.data_ptr() & 15, d & 15, sg & 15))
+               8, 1, (g2.dtype, g2.data_ptr() & 15, d & 15, sg & 15, d == 1))  # Triton specializes ints equal to 1
     return x, q, s
 
 
