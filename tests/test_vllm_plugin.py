@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import uuid
 
 import pytest
@@ -58,18 +57,17 @@ class Engine:
         self.loop.close()
 
 
+# Compiled afresh, from neither vLLM's nor Inductor's caches, so that the SiLU-and-mul pass runs in the engine.
+NO_COMPILE_CACHES = {"VLLM_DISABLE_COMPILE_CACHE": "1", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+                     "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+
+
 @pytest.fixture(scope="module")
 def nested(tiny_model):
-    # Compiled afresh, not loaded from vLLM's cache, so that the SiLU-and-mul pass runs in this engine.
-    saved = os.environ.get("VLLM_DISABLE_COMPILE_CACHE")
-    os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the engine's processes inherit the environment at start
+        for name, value in NO_COMPILE_CACHES.items():
+            mp.setenv(name, value)
         e = Engine(**engine_kwargs(tiny_model, quantization=QUANTIZATION, worker_extension_cls=WORKER_EXTENSION))
-    finally:
-        if saved is None:
-            del os.environ["VLLM_DISABLE_COMPILE_CACHE"]
-        else:
-            os.environ["VLLM_DISABLE_COMPILE_CACHE"] = saved
     yield e
     e.close()
 
