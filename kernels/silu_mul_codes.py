@@ -64,12 +64,12 @@ def silu_mul_codes(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.Ten
     """``(x, codes, scales)`` for ``x = silu(gate_up[..., :d]) * gate_up[..., d:]``: x is written in FP16 mode
     (``mode[0] == 0``), the codes [..., d] E4M3 and scales [..., 1] fp32 in FP8 mode; the others are left
     unwritten. ``gate_up`` needs unit stride along its last dimension."""
-    x, q, s = silu_mul_codes_outputs(gate_up)
     g2 = gate_up.reshape(-1, gate_up.shape[-1])
-    m, d = g2.shape[0], gate_up.shape[-1] // 2
     if g2.stride(-1) != 1 or gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up must have an even last dimension of unit stride, got {tuple(gate_up.shape)} "
                          f"with strides {tuple(gate_up.stride())}")
+    x, q, s = silu_mul_codes_outputs(gate_up)
+    m, d = g2.shape[0], gate_up.shape[-1] // 2
     if m:
         sg = g2.stride(0)
         launch(silu_mul_codes_kernel, m, (g2, x, q, s, mode, m, d, sg), dict(CHUNK=CHUNK, INTERPRET=not g2.is_cuda),

@@ -57,6 +57,10 @@ def prequantizes(prefix: str) -> bool:
 class NestedFPConfig(QuantizationConfig):
     """Chosen by the user (``quantization="nestedfp"``); needs nothing from the checkpoint."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._pass_installed = False  # silu_codes_pass, once per engine: vLLM builds every layer under one config
+
     def __repr__(self) -> str:
         return "NestedFPConfig()"
 
@@ -81,7 +85,9 @@ class NestedFPConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> "NestedFPLinearMethod | None":
         # Linear layers only: embeddings and lm_head (vocab-parallel embeddings) stay as vLLM has them.
         if isinstance(layer, LinearBase):
-            _install_silu_codes_pass()
+            if not self._pass_installed:
+                _install_silu_codes_pass()
+                self._pass_installed = True
             return NestedFPLinearMethod(prefix)
         return None
 
