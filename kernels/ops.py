@@ -18,6 +18,8 @@ from kernels.nested_format import NestedWeight
 from kernels.reference import (
     nested_linear,
     nested_linear_prequantized,
+    rms_norm_codes_outputs,
+    rms_norm_codes_reference,
     silu_mul_codes_outputs,
     silu_mul_codes_reference,
 )
@@ -89,6 +91,29 @@ def _nestedfp_silu_mul_codes_fake(gate_up, mode):
     return silu_mul_codes_outputs(gate_up)
 
 
+def nestedfp_rms_norm_codes(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                            mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, codes, scales)`` for vLLM's ``rms_norm(x, weight, eps)``: what ``nestedfp::linear_prequantized``
+    reads. The CUDA kernel writes y in FP16 mode, the codes and scales in FP8 mode (``kernels.rms_norm_codes``);
+    this reference writes all three."""
+    return rms_norm_codes_reference(x, None, weight, eps)
+
+
+def _nestedfp_rms_norm_codes_fake(x, weight, eps, mode):
+    return rms_norm_codes_outputs(x, False)
+
+
+def nestedfp_add_rms_norm_codes(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                                mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, new residual, codes, scales)`` for vLLM's ``fused_add_rms_norm(x, residual, weight, eps)``; the
+    new residual is written in both modes, the rest as in ``nestedfp::rms_norm_codes``."""
+    return rms_norm_codes_reference(x, residual, weight, eps)
+
+
+def _nestedfp_add_rms_norm_codes_fake(x, residual, weight, eps, mode):
+    return rms_norm_codes_outputs(x, True)
+
+
 def define_op(name: str, schema: str, reference, fake, cuda=None) -> None:
     """``nestedfp::<name>``: the reference on every device, ``cuda`` on CUDA, ``fake`` for tracing.
 
@@ -112,6 +137,11 @@ try:
     from kernels.silu_mul_codes import silu_mul_codes as silu_mul_codes_cuda
 except ImportError:
     silu_mul_codes_cuda = None
+try:
+    from kernels.rms_norm_codes import add_rms_norm_codes as add_rms_norm_codes_cuda
+    from kernels.rms_norm_codes import rms_norm_codes as rms_norm_codes_cuda
+except ImportError:
+    rms_norm_codes_cuda = add_rms_norm_codes_cuda = None
 
 define_op("linear", "(Tensor x, Tensor upper, Tensor lower, Tensor mode, int scale_exp, Tensor? bias=None) -> Tensor",
           nestedfp_linear, _nestedfp_linear_fake, nested_linear_cuda)
@@ -121,3 +151,8 @@ define_op("linear_prequantized",
           nestedfp_linear_prequantized, _nestedfp_linear_prequantized_fake, nested_linear_prequantized_cuda)
 define_op("silu_mul_codes", "(Tensor gate_up, Tensor mode) -> (Tensor, Tensor, Tensor)",
           nestedfp_silu_mul_codes, _nestedfp_silu_mul_codes_fake, silu_mul_codes_cuda)
+define_op("rms_norm_codes", "(Tensor x, Tensor weight, float eps, Tensor mode) -> (Tensor, Tensor, Tensor)",
+          nestedfp_rms_norm_codes, _nestedfp_rms_norm_codes_fake, rms_norm_codes_cuda)
+define_op("add_rms_norm_codes",
+          "(Tensor x, Tensor residual, Tensor weight, float eps, Tensor mode) -> (Tensor, Tensor, Tensor, Tensor)",
+          nestedfp_add_rms_norm_codes, _nestedfp_add_rms_norm_codes_fake, add_rms_norm_codes_cuda)

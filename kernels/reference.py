@@ -38,6 +38,25 @@ def silu_mul_codes_reference(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch
     return (x, *quantize_per_token(x))
 
 
+def rms_norm_codes_outputs(x: torch.Tensor, residual: bool) -> tuple[torch.Tensor, ...]:
+    """Empty ``(y, [new residual,] codes, scales)`` for ``nestedfp::[add_]rms_norm_codes`` on x [..., n]."""
+    lead = x.shape[:-1]
+    res = (x.new_empty(x.shape),) if residual else ()
+    return (x.new_empty(x.shape), *res, x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty((*lead, 1), dtype=torch.float32))
+
+
+def rms_norm_codes_reference(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                             eps: float) -> tuple[torch.Tensor, ...]:
+    """vLLM's ``rms_norm`` (or ``fused_add_rms_norm`` with ``residual``) with ``quantize_per_token`` of its
+    output: ``(y, [new residual,] codes, scales)``, all of them whatever the mode (the CUDA kernel,
+    ``kernels.rms_norm_codes``, writes only what the mode reads, and the new residual)."""
+    xf = x.float() if residual is None else x.float() + residual.float()
+    y = ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(weight.dtype) * weight).to(x.dtype)
+    res = () if residual is None else (xf.to(x.dtype),)
+    return (y, *res, *quantize_per_token(y))
+
+
 def fp8_linear_reference(
     x: torch.Tensor, upper: torch.Tensor, weight_scale: float, bias: torch.Tensor | None = None
 ) -> torch.Tensor:

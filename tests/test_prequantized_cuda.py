@@ -134,7 +134,7 @@ def test_mode_aware_silu_mul_writes_x_or_the_codes_of_that_x(m, d):
     assert torch.equal(fx, x)
 
 
-def test_compiled_mlp_tail_with_the_silu_codes_pass_follows_mode_flips_in_a_cuda_graph():
+def test_compiled_mlp_tail_with_the_codes_pass_follows_mode_flips_in_a_cuda_graph():
     """What vLLM compiles before down_proj, with the plugin's pass: one ``nestedfp::silu_mul_codes`` launch
     replaces Inductor's fused SiLU-and-mul + quantization; captured once, each replay gives the reference of
     the mode it runs in."""
@@ -143,7 +143,7 @@ def test_compiled_mlp_tail_with_the_silu_codes_pass_follows_mode_flips_in_a_cuda
     from vllm.model_executor.layers.activation import SiluAndMul
 
     from kernels.reference import silu_mul_codes_reference
-    from kernels.vllm_plugin.silu_codes_pass import SiluCodesPass
+    from kernels.vllm_plugin.codes_pass import CodesPass
 
     n, d, m = 4096, 14336, 64
     nw = nested_weights(n, d)
@@ -156,7 +156,7 @@ def test_compiled_mlp_tail_with_the_silu_codes_pass_follows_mode_flips_in_a_cuda
 
     g = torch.randn(m, 2 * d, device="cuda").half()
     torch._dynamo.reset()
-    with torch._inductor.config.patch(post_grad_custom_post_pass=SiluCodesPass(), fx_graph_cache=False):
+    with torch._inductor.config.patch(post_grad_custom_post_pass=CodesPass(), fx_graph_cache=False):
         compiled = torch.compile(tail, fullgraph=True)
         _, codes = run_and_get_code(compiled, g)
     assert "silu_mul_codes" in "".join(codes)
@@ -166,3 +166,82 @@ def test_compiled_mlp_tail_with_the_silu_codes_pass_follows_mode_flips_in_a_cuda
         assert rel_err(out, want) < TOL[name], (step, name)
 
     replays_follow_mode_flips(lambda: compiled(g), g, mode, check)
+
+
+@pytest.mark.parametrize("m, n, residual", [(1, 4096, True), (256, 4096, True), (2049, 4096, False),
+                                            (33, 8192, True), (5, 3000, True)])
+def test_mode_aware_rms_norm_writes_y_or_the_codes_of_that_y_and_the_residual_in_both(m, n, residual):
+    """``kernels.rms_norm_codes`` on the GPU (fast division, hardware E4M3, the GPU's rsqrt): y within an ulp of
+    the reference, the new residual bit for bit, codes and scales bit for bit ``quantize_per_token`` of that y;
+    each mode leaves the other mode's outputs as it found them."""
+    from kernels import rms_norm_codes as rnc
+    from kernels.reference import rms_norm_codes_reference
+
+    x = (torch.randn(m, n, device="cuda") * 3).half()
+    r = torch.randn(m, n, device="cuda").half() if residual else None
+    w = (torch.rand(n, device="cuda") + 0.5).half()
+    mode = new_mode_tensor("cuda")
+    block, warps = rnc.launch_config(n)
+    got = {}
+    for name in ("fp16", "fp8"):
+        set_host_mode(mode, name)
+        y, ro = (torch.full((m, n), float("nan"), device="cuda").half() for _ in range(2))
+        q = torch.full((m, n), 0x7F, dtype=torch.uint8, device="cuda")
+        s = torch.full((m, 1), float("nan"), device="cuda")
+        rr = x if r is None else r
+        rnc.rms_norm_codes_kernel[(m,)](x, rr, w, y, ro, q.view(torch.float8_e4m3fn), s, mode, n, 1e-5, x.stride(0),
+                                        rr.stride(0), HAS_RESIDUAL=residual, BLOCK=block, INTERPRET=False,
+                                        num_warps=warps, num_stages=1)
+        got[name] = y, ro, q, s
+    set_host_mode(mode, "fp16")
+    ref = rms_norm_codes_reference(x, r, w, 1e-5)
+    (y, ro16, q16, s16), (y8, ro8, q, s) = got["fp16"], got["fp8"]
+    assert (y.view(torch.int16).int() - ref[0].view(torch.int16).int()).abs().max() <= 1
+    rq, rs = quantize_per_token(y)
+    assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
+    if residual:
+        assert torch.equal(ro16, ref[1]) and torch.equal(ro8, ref[1])
+    assert (q16 == 0x7F).all() and s16.isnan().all() and y8.isnan().all()
+    fast = rnc.add_rms_norm_codes(x, r, w, 1e-5, mode) if residual else rnc.rms_norm_codes(x, w, 1e-5, mode)
+    assert torch.equal(fast[0], y)  # the wrapper's fast launch path, FP16 mode
+
+
+def test_compiled_decoder_norms_with_the_codes_pass_follow_mode_flips_in_a_cuda_graph():
+    """What vLLM 0.25 compiles before qkv_proj and gate_up_proj: its IR RMSNorm ops as single nodes, which the
+    plugin's pass swaps for ``nestedfp::rms_norm_codes`` / ``add_rms_norm_codes``; captured once, each replay
+    gives the reference of the mode it runs in."""
+    pytest.importorskip("vllm")
+    from torch._inductor.utils import run_and_get_code
+    from vllm import ir
+
+    from kernels.reference import rms_norm_codes_reference
+    from kernels.vllm_plugin.codes_pass import CodesPass
+
+    n, k, m, eps = 6144, 4096, 64, 1e-5
+    nw = nested_weights(n, k)
+    w = (torch.rand(k, device="cuda") + 0.5).half()
+    mode = new_mode_tensor("cuda")
+    h, attn = torch.randn(m, k, device="cuda").half(), torch.randn(m, k, device="cuda").half()
+
+    def norms(h, attn):
+        y0 = ir.ops.rms_norm(h, w, eps, None)
+        y, residual = ir.ops.fused_add_rms_norm(attn, h, w, eps, None)
+        return _prequantized(y0, nw, mode) + _prequantized(y, nw, mode) + residual[:, :1]
+
+    torch._dynamo.reset()
+    with ir.enable_torch_wrap(True), torch._inductor.config.patch(post_grad_custom_post_pass=CodesPass(),
+                                                                  fx_graph_cache=False):
+        compiled = torch.compile(norms, fullgraph=True)
+        _, codes = run_and_get_code(compiled, h, attn)
+    code = "".join(codes)
+    assert "nestedfp.rms_norm_codes" in code and "nestedfp.add_rms_norm_codes" in code
+
+    def check(out, name, step):
+        y0, q0, s0 = rms_norm_codes_reference(h, None, w, eps)
+        y, residual, q, s = rms_norm_codes_reference(attn, h, w, eps)
+        want = (nested_linear_prequantized(y0, q0, s0, nw, name) + nested_linear_prequantized(y, q, s, nw, name)
+                + residual[:, :1])
+        assert rel_err(out, want) < TOL[name], (step, name)
+
+    with ir.enable_torch_wrap(True):
+        replays_follow_mode_flips(lambda: compiled(h, attn), h, mode, check)

@@ -35,24 +35,24 @@ def _interpreted_modules():
     from triton.runtime.interpreter import InterpretedFunction
 
     names = ["kernels.tuning", "kernels.split_k", "kernels.triton_fp8", "kernels.triton_fp16", "kernels.triton_merge",
-             "kernels.triton_dispatch", "kernels.silu_mul_codes"]
+             "kernels.triton_dispatch", "kernels.silu_mul_codes", "kernels.rms_norm_codes"]
     jitted = {"kernels.split_k": "split_ids", "kernels.triton_fp8": "quantize_rows",
               "kernels.triton_fp16": "nested_fp16_kernel", "kernels.triton_merge": "merge_kernel",
-              "kernels.silu_mul_codes": "silu_mul_codes_kernel"}
+              "kernels.silu_mul_codes": "silu_mul_codes_kernel", "kernels.rms_norm_codes": "rms_norm_codes_kernel"}
     mods = {n: importlib.import_module(n) for n in names}
     if not all(isinstance(getattr(mods[n], f), InterpretedFunction) for n, f in jitted.items()):
         mods = {n: importlib.reload(mods[n]) for n in names}
     if not isinstance(mods["kernels.triton_fp16"].nested_fp16_kernel, InterpretedFunction):
         pytest.skip("Triton kernels were decorated without the interpreter", allow_module_level=True)
     return [mods[n] for n in ("kernels.tuning", "kernels.triton_fp16", "kernels.triton_fp8", "kernels.triton_merge",
-                              "kernels.triton_dispatch", "kernels.silu_mul_codes")]
+                              "kernels.triton_dispatch", "kernels.silu_mul_codes", "kernels.rms_norm_codes")]
 
 
-tuning, tfp16, tfp8, tmerge, dispatch, smc = _interpreted_modules()
+tuning, tfp16, tfp8, tmerge, dispatch, smc, rnc = _interpreted_modules()
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
 from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
-from kernels.reference import quantize_per_token, silu_mul_codes_reference  # noqa: E402
+from kernels.reference import quantize_per_token, rms_norm_codes_reference, silu_mul_codes_reference  # noqa: E402
 from tests.kernel_helpers import poison_split_k_workspace, rel_err, split_k_partials_written  # noqa: E402
 
 TileConfig = tuning.TileConfig
@@ -474,3 +474,49 @@ def test_silu_mul_codes_rejects_an_odd_or_strided_last_dimension():
         smc.silu_mul_codes(torch.randn(2, 9).half(), mode)
     with pytest.raises(ValueError, match="unit stride"):
         smc.silu_mul_codes(torch.randn(8, 2).half().t(), mode)
+
+
+@pytest.mark.parametrize("m, n, residual", [(1, 7, True), (5, 40, False), (3, 300, True)])  # n below its block
+def test_rms_norm_codes_writes_y_in_fp16_mode_only_the_codes_in_fp8_mode_and_the_residual_in_both(m, n, residual):
+    """vLLM's (fused-add) RMSNorm: the new residual in both modes, y in FP16 mode, and in FP8 mode the codes and
+    scales of that y, bit for bit ``quantize_per_token``'s. Each mode leaves the other's outputs as it found them
+    (poisoned). x is read through a row stride, as a slice of a wider tensor."""
+    x = (torch.randn(m, n + 9) * 3).half()[:, :n]
+    r = torch.randn(m, n).half() if residual else None
+    w = (torch.rand(n) + 0.5).half()
+    mode = new_mode_tensor("cpu")
+    block, _ = rnc.launch_config(n)
+    got = {}
+    for name in ("fp16", "fp8"):
+        set_host_mode(mode, name)
+        y, ro = torch.full((m, n), float("nan")).half(), torch.full((m, n), float("nan")).half()
+        q, s = torch.full((m, n), 0x7F, dtype=torch.uint8), torch.full((m, 1), float("nan"))
+        rr = x if r is None else r
+        rnc.rms_norm_codes_kernel[(m,)](x, rr, w, y, ro, q.view(torch.float8_e4m3fn), s, mode, n, 1e-5, x.stride(0),
+                                        rr.stride(0), HAS_RESIDUAL=residual, BLOCK=block, INTERPRET=True)
+        got[name] = y, ro, q, s
+    set_host_mode(mode, "fp16")
+    ref = rms_norm_codes_reference(x, r, w, 1e-5)
+    y, ro16, q16, s16 = got["fp16"]
+    y8, ro8, q, s = got["fp8"]
+    assert (y.view(torch.int16).int() - ref[0].view(torch.int16).int()).abs().max() <= 1  # rsqrt's last bit
+    rq, rs = quantize_per_token(y)
+    assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
+    if residual:
+        assert torch.equal(ro16, ref[1]) and torch.equal(ro8, ref[1])
+    else:
+        assert ro16.isnan().all() and ro8.isnan().all()
+    assert (q16 == 0x7F).all() and s16.isnan().all()  # FP16 mode wrote no codes ...
+    assert y8.isnan().all()  # ... and FP8 mode no y
+
+
+def test_rms_norm_codes_rejects_rows_it_cannot_hold_or_a_mismatched_weight_or_residual():
+    mode = new_mode_tensor("cpu")
+    with pytest.raises(ValueError, match="rms_norm_codes needs"):
+        rnc.rms_norm_codes(torch.randn(1, rnc.MAX_WIDTH + 1).half(), torch.ones(rnc.MAX_WIDTH + 1).half(), 1e-5, mode)
+    with pytest.raises(ValueError, match="rms_norm_codes needs"):
+        rnc.rms_norm_codes(torch.randn(2, 8).half(), torch.ones(9).half(), 1e-5, mode)
+    with pytest.raises(ValueError, match="rms_norm_codes needs"):
+        rnc.rms_norm_codes(torch.randn(8, 2).half().t(), torch.ones(8).half(), 1e-5, mode)
+    with pytest.raises(ValueError, match="rms_norm_codes needs"):
+        rnc.add_rms_norm_codes(torch.randn(2, 8).half(), torch.randn(3, 8).half(), torch.ones(8).half(), 1e-5, mode)

@@ -57,7 +57,7 @@ class Engine:
         self.loop.close()
 
 
-# Compiled afresh, from neither vLLM's nor Inductor's caches, so that the SiLU-and-mul pass runs in the engine.
+# Compiled afresh, from neither vLLM's nor Inductor's caches, so that the codes pass runs in the engine.
 NO_COMPILE_CACHES = {"VLLM_DISABLE_COMPILE_CACHE": "1", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
                      "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
 
@@ -113,8 +113,11 @@ def test_linear_layers_are_nested_prescaled_or_kept_plain_as_their_ranges_allow(
     # Every nested layer but the attention output projections quantizes x before the op (fused by compile).
     assert report["prequantized"] == [n for n in report["nested"] if not n.endswith("o_proj")]
     assert len(report["prequantized"]) == 11
-    # Every nested down_proj's SiLU-and-mul became the mode-aware op (silu_codes_pass), the pre-scaled one too.
+    # Every nested down_proj's SiLU-and-mul became the mode-aware op (codes_pass), the pre-scaled one too, and so
+    # did the RMSNorm before every qkv_proj and gate_up_proj (the first layer's without a residual add).
     assert report["silu_codes_fused"] == len([n for n in report["nested"] if n.endswith("down_proj")]) == 3
+    assert report["norm_codes_fused"] == len([n for n in report["nested"] if n.endswith(("qkv_proj", "gate_up_proj"))])
+    assert report["norm_codes_fused"] == 8
 
 
 @pytest.mark.parametrize("prefix, prequantized", [

@@ -36,8 +36,10 @@ VARIANTS = {
 NO_PREQUANTIZE = {"NESTEDFP_PREQUANTIZE": "0", "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-no-prequantize")}
 NORM_ONLY = {"NESTEDFP_PREQUANTIZE": "qkv_proj,gate_up_proj",  # the layers after an RMSNorm
              "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-prequantize-norm-only")}
-NO_SILU_CODES = {"NESTEDFP_SILU_CODES": "0",  # Inductor's fused SiLU-and-mul + codes, not silu_codes_pass's op
+NO_SILU_CODES = {"NESTEDFP_SILU_CODES": "0",  # Inductor's fused SiLU-and-mul + codes, not codes_pass's op
                  "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-no-silu-codes")}
+NO_NORM_CODES = {"NESTEDFP_NORM_CODES": "0",  # Inductor's fused RMSNorm + codes, not codes_pass's op
+                 "VLLM_CACHE_ROOT": os.path.expanduser("~/.cache/vllm-no-norm-codes")}
 EXTRA_VARIANTS = {
     "nestedfp_fp16_no_prequantize": dict(quantization="nestedfp", mode="fp16", env=NO_PREQUANTIZE),
     "nestedfp_fp8_no_prequantize": dict(quantization="nestedfp", mode="fp8", env=NO_PREQUANTIZE),
@@ -45,6 +47,8 @@ EXTRA_VARIANTS = {
     "nestedfp_fp8_prequantize_norm_only": dict(quantization="nestedfp", mode="fp8", env=NORM_ONLY),
     "nestedfp_fp16_no_silu_codes": dict(quantization="nestedfp", mode="fp16", env=NO_SILU_CODES),
     "nestedfp_fp8_no_silu_codes": dict(quantization="nestedfp", mode="fp8", env=NO_SILU_CODES),
+    "nestedfp_fp16_no_norm_codes": dict(quantization="nestedfp", mode="fp16", env=NO_NORM_CODES),
+    "nestedfp_fp8_no_norm_codes": dict(quantization="nestedfp", mode="fp8", env=NO_NORM_CODES),
 }
 ALL_VARIANTS = {**VARIANTS, **EXTRA_VARIANTS}
 
@@ -97,7 +101,8 @@ def run_variant(model: str, name: str) -> dict:
     if v["quantization"] == "nestedfp":
         rep = llm.collective_rpc("nestedfp_report")[0]
         out["nested_layers"] = {k: len(rep[k]) for k in ("nested", "prescaled", "plain", "prequantized")}
-        out["silu_codes_fused"] = rep["silu_codes_fused"]  # 0 where the compiled graph came from the cache
+        for k in ("silu_codes_fused", "norm_codes_fused"):  # 0 where the compiled graph came from the cache
+            out[k] = rep[k]
     for wl, (n, p_len, _) in WORKLOADS.items():
         prompts, params = workload(wl)
         llm.generate(prompts[:16], params, use_tqdm=False)  # warm-up

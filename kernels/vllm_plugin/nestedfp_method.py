@@ -8,9 +8,9 @@ Where a layer's input is written by an elementwise kernel (an RMSNorm before qkv
 SiLU-and-mul before down_proj), the method quantizes x per token itself, in plain torch ops, and calls
 ``nestedfp::linear_prequantized``: ``torch.compile`` fuses that quantization into the kernel that writes x,
 as it does for vLLM's own FP8. The price is that FP16 mode computes the codes too (one byte per value
-written by a kernel that writes two already). Before down_proj, where that price is largest (a second pass
-over each 14,336-value row), ``silu_codes_pass`` swaps Inductor's fused kernel for a mode-aware one that
-writes x in FP16 mode and the codes in FP8 mode. An attention output projection's input comes from the
+written by a kernel that writes two already). ``codes_pass`` swaps those fused kernels (SiLU-and-mul before
+down_proj, RMSNorm before qkv_proj and gate_up_proj) for mode-aware ones that write x in FP16 mode and the codes
+in FP8 mode. An attention output projection's input comes from the
 attention kernel, with nothing to fuse into, so it keeps ``nestedfp::linear``, which quantizes x only in
 FP8 mode. So does every layer when nothing compiles the model (``enforce_eager``): unfused, the torch ops would
 be separate kernels. ``NESTEDFP_PREQUANTIZE=0`` sends every layer to ``nestedfp::linear``; a comma-separated
@@ -59,7 +59,7 @@ class NestedFPConfig(QuantizationConfig):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pass_installed = False  # silu_codes_pass, once per engine: vLLM builds every layer under one config
+        self._pass_installed = False  # codes_pass, once per engine: vLLM builds every layer under one config
 
     def __repr__(self) -> str:
         return "NestedFPConfig()"
@@ -86,19 +86,23 @@ class NestedFPConfig(QuantizationConfig):
         # Linear layers only: embeddings and lm_head (vocab-parallel embeddings) stay as vLLM has them.
         if isinstance(layer, LinearBase):
             if not self._pass_installed:
-                _install_silu_codes_pass()
+                _install_codes_pass()
                 self._pass_installed = True
             return NestedFPLinearMethod(prefix)
         return None
 
 
-def _install_silu_codes_pass() -> None:
-    """Let torch.compile hand down_proj its codes from a mode-aware SiLU-and-mul (``silu_codes_pass``).
+def _install_codes_pass() -> None:
+    """Let torch.compile hand the nested layers their codes from mode-aware SiLU-and-mul and RMSNorm kernels
+    (``codes_pass``).
 
     Called while vLLM builds the model, before its compile backend copies the Inductor config.
-    ``NESTEDFP_SILU_CODES=0`` leaves the config alone (Inductor's own fusion then writes the codes in both modes).
+    ``NESTEDFP_SILU_CODES=0`` / ``NESTEDFP_NORM_CODES=0`` leave that kernel to Inductor's own fusion, which then
+    writes the codes in both modes.
     """
-    if os.environ.get("NESTEDFP_SILU_CODES", "1") == "0":
+    families = tuple(f for f, env in (("silu_mul", "NESTEDFP_SILU_CODES"), ("rms_norm", "NESTEDFP_NORM_CODES"))
+                     if os.environ.get(env, "1") != "0")
+    if not families:
         return
     try:
         from vllm.config import get_current_vllm_config
@@ -106,11 +110,11 @@ def _install_silu_codes_pass() -> None:
         compile_config = get_current_vllm_config().compilation_config.inductor_compile_config
     except Exception:  # noqa: BLE001 - no current config (a layer built outside an engine)
         return
-    from kernels.vllm_plugin import silu_codes_pass
+    from kernels.vllm_plugin import codes_pass
 
-    if not silu_codes_pass.install(compile_config):
-        logger.warning("nestedfp: %s already set; SiLU-and-mul keeps writing codes in FP16 mode",
-                       silu_codes_pass.PASS_KEY)
+    if not codes_pass.install(compile_config, families):
+        logger.warning("nestedfp: %s already set; the kernels before nested layers keep writing codes in FP16 mode",
+                       codes_pass.PASS_KEY)
 
 
 def _max_step_tokens() -> int:

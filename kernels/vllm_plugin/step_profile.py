@@ -27,8 +27,10 @@ from collections import defaultdict
 
 # Kernel kinds, first match wins (on the lower-cased name). "elementwise" is what torch.compile generates
 # (RMSNorm, SiLU-and-mul, rotary embedding, residual adds, and the fused per-token quantization) or vLLM's
-# kernels for the same, and our mode-aware SiLU-and-mul (``silu_mul_codes_kernel``) that replaces one of them. The KV-cache write (``reshape_and_cache_flash``) comes before attention, attention
-# before GEMM: FlashAttention 3's kernels are CUTLASS device kernels with "sm90" in their names.
+# kernels for the same, and our mode-aware SiLU-and-mul and RMSNorm (``silu_mul_codes_kernel``,
+# ``rms_norm_codes_kernel``) that replace some of them. The KV-cache write (``reshape_and_cache_flash``) comes
+# before attention, attention before GEMM: FlashAttention 3's kernels are CUTLASS device kernels with "sm90" in
+# their names.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("nestedfp", re.compile(r"nested_fp16|nested_fp8|nested_dual|act_quant_kernel|merge_kernel|nestedfp::")),
     ("elementwise", re.compile(r"^triton_(poi|red|per)_|rms_norm|silu|rotary|act_and_mul")),  # torch.compile's

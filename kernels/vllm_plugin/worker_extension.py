@@ -8,7 +8,7 @@ import torch
 
 from kernels.nested_format import NestedWeight, nested_merge
 from kernels.vllm_plugin import precision, step_profile
-from kernels.vllm_plugin.silu_codes_pass import SiluCodesPass
+from kernels.vllm_plugin.codes_pass import CodesPass
 
 
 class PrecisionWorkerExtension:
@@ -30,8 +30,8 @@ class PrecisionWorkerExtension:
 
     def nestedfp_report(self) -> dict:
         """Which linear layers are nested, pre-scaled, kept in plain FP16, or quantize x before the op
-        (``nestedfp_method.prequantizes``); how many SiLU-and-mul kernels this worker's compiles made mode-aware
-        (``silu_codes_pass``; none when the compiled graph came from vLLM's cache)."""
+        (``nestedfp_method.prequantizes``); how many SiLU-and-mul and RMSNorm kernels this worker's compiles made
+        mode-aware (``codes_pass``; none when the compiled graph came from vLLM's cache)."""
         nested, prescaled, plain, prequantized, weight_bytes = [], [], [], [], 0
         for name, m in self._linear_layers():
             if m.nestedfp_nested:
@@ -45,7 +45,8 @@ class PrecisionWorkerExtension:
                 plain.append(name)
                 weight_bytes += m.weight.numel() * m.weight.element_size()
         return {"nested": nested, "prescaled": prescaled, "plain": plain, "prequantized": prequantized,
-                "linear_weight_bytes": weight_bytes, "silu_codes_fused": SiluCodesPass.replaced}
+                "linear_weight_bytes": weight_bytes, "silu_codes_fused": CodesPass.replaced["silu_mul"],
+                "norm_codes_fused": CodesPass.replaced["rms_norm"]}
 
     def model_weight_bytes(self) -> int:
         """Bytes of every parameter the model holds (both planes count for nested layers)."""
