@@ -24,6 +24,9 @@ from kernels.reference import rms_norm_codes_outputs, rms_norm_codes_reference
 from kernels.triton_fp8 import FP8_MAX, act_scale, div_by_scale, to_e4m3
 
 MAX_WIDTH = 32768  # rows held in registers: 16 warps x 64 values a thread at most
+# How far y may be from the reference's: rsqrt's last bit differs between devices and libraries, and y rounds
+# twice (the normalized row, then its product with the weight), so one ulp before a weight above 1 is two after.
+Y_ULPS = 2
 
 
 @triton.jit
@@ -124,7 +127,7 @@ if __name__ == "__main__":  # check against the reference, then time both modes 
             assert torch.equal(ro, rr)
             if name == "fp16":
                 ulps = (y.view(torch.int16).int() - ry.view(torch.int16).int()).abs().max().item()
-                assert ulps <= 1, f"y off by {ulps} ulps"
+                assert ulps <= Y_ULPS, f"y off by {ulps} ulps"
                 ref_q, ref_s = quantize_per_token(y)
             else:
                 assert torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8)) and torch.equal(s, ref_s)

@@ -27,6 +27,9 @@ from tests.kernel_helpers import nested_weights
     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "elementwise"),
     ("triton_poi_fused_mul_silu_slice_1", "elementwise"),
     ("silu_mul_codes_kernel", "elementwise"),  # ours, in place of Inductor's fused SiLU-and-mul + codes
+    ("rms_norm_codes_kernel", "elementwise"),  # ours, in place of Inductor's fused RMSNorm + codes
+    ("nestedfp::linear_prequantized", "nestedfp"),  # the CPU records ops, not kernels
+    ("nestedfp::add_rms_norm_codes", "elementwise"),
     ("Memcpy HtoD (Pageable -> Device)", "memcpy"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "other"),
 ])

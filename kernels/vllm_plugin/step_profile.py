@@ -32,7 +32,7 @@ from collections import defaultdict
 # before attention, attention before GEMM: FlashAttention 3's kernels are CUTLASS device kernels with "sm90" in
 # their names.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
-    ("nestedfp", re.compile(r"nested_fp16|nested_fp8|nested_dual|act_quant_kernel|merge_kernel|nestedfp::")),
+    ("nestedfp", re.compile(r"nested_fp16|nested_fp8|nested_dual|act_quant_kernel|merge_kernel|nestedfp::linear")),
     ("elementwise", re.compile(r"^triton_(poi|red|per)_|rms_norm|silu|rotary|act_and_mul")),  # torch.compile's
     ("kv_cache", re.compile(r"reshape_and_cache|concat_and_cache|cache_kernel")),
     ("attention", re.compile(r"flash|fmha|attn|attention|paged")),
