@@ -130,6 +130,7 @@ def decoder_layer_inputs():
         return nested_linear_prequantized(y0, q0, s0, nw, name) + nested_linear_prequantized(y, q, s, nw, name), residual
 
     return dict(layer=layer, y_read_twice=y_read_twice, reference=reference, mode=mode, weight=weight, eps=eps,
+                planes=(nw.upper, nw.lower), scale_exp=nw.scale_exp,
                 inputs=(torch.randn(7, hidden).half(), (torch.randn(7, hidden) * 4).half()))
 
 
@@ -177,3 +178,19 @@ def test_families_the_pass_was_not_given_are_left_to_inductor(decoder_layer_inpu
         _compile_with_pass(decoder_layer_inputs["layer"], ("silu_mul",))(*decoder_layer_inputs["inputs"])
     _compile_with_pass(mlp_tail[0], ("rms_norm",))((torch.randn(3, 80)).half())
     assert CodesPass.replaced == before
+
+
+@pytest.mark.parametrize("ir_nodes", [True, False], ids=["ir_nodes_as_on_cuda", "native_code_as_on_cpu"])
+def test_a_weightless_rms_norm_is_left_to_inductor(decoder_layer_inputs, ir_nodes):
+    """vLLM passes ``weight=None`` for norms without one; the mode-aware ops take a weight, so no swap, no crash."""
+    d = decoder_layer_inputs
+    def weightless(h):
+        y = ir.ops.rms_norm(h, None, d["eps"], None)
+        q, s = quantize_per_token(y)
+        return torch.ops.nestedfp.linear_prequantized(y, q, s, *d["planes"], d["mode"], d["scale_exp"], None)
+
+    before = CodesPass.replaced["rms_norm"]
+    with ir.enable_torch_wrap(ir_nodes):
+        out = _compile_with_pass(weightless, ("rms_norm",))(d["inputs"][0])
+    assert not out.isnan().any()
+    assert CodesPass.replaced["rms_norm"] == before

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import torch
 from torch._inductor.pattern_matcher import Match, PatternMatcherPass, fwd_only, gen_pattern, register_graph_pattern
@@ -49,9 +50,9 @@ def _silu_replacement(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.
     return torch.ops.nestedfp.silu_mul_codes.default(gate_up, mode)
 
 
-def _norm_searches() -> list:
-    """vLLM's two RMSNorm IR ops, each as the node vLLM's CUDA compile hands the pass and as its native code,
-    followed by the quantization. The residual forms come first: the plain native form is part of them."""
+def _norm_searches() -> list[tuple[Callable, bool]]:
+    """``(search, has_residual)`` for vLLM's two RMSNorm IR ops, each as the node vLLM's CUDA compile hands the pass
+    and as its native code, followed by the quantization."""
     add_native = ir.ops.fused_add_rms_norm.impls["native"].impl_fn
     plain_native = ir.ops.rms_norm.impls["native"].impl_fn
 
@@ -71,7 +72,7 @@ def _norm_searches() -> list:
         y = plain_native(x, weight, eps)
         return (y, *quantize_per_token(y))
 
-    return [add_node, add_code, plain_node, plain_code]
+    return [(add_node, True), (add_code, True), (plain_node, False), (plain_code, False)]
 
 
 def _norm_replacement(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -112,9 +113,9 @@ def _patterns(family: str) -> PatternMatcherPass:
                 CodesPass.replaced["silu_mul"] += 1
 
     elif family == "rms_norm":
-        for search in _norm_searches():
-            rows = 2 if "add" in search.__name__ else 1  # x (and the residual): distinct tensors, or they trace as one
-            example = [torch.empty(5, 8, dtype=torch.float16, device="meta") for _ in range(rows)]
+        for search, has_residual in _norm_searches():
+            # x (and the residual) as distinct tensors, or they trace as one input; meta, so nothing runs
+            example = [torch.empty(5, 8, dtype=torch.float16, device="meta") for _ in range(1 + has_residual)]
             example.append(torch.empty(8, dtype=torch.float16, device="meta"))
             register_graph_pattern(gen_pattern(search, example, fwd_only, scalar_workaround={"eps": _TRACE_EPS}),
                                    pass_dict=patterns)(_fuse_norm)
@@ -126,7 +127,9 @@ def _patterns(family: str) -> PatternMatcherPass:
 def _fuse_norm(match: Match, x: torch.fx.Node, weight: torch.fx.Node, eps: float,
                residual: torch.fx.Node | None = None) -> None:
     mode = _mode_of_sole_consumers(match)
-    if mode is None or x.meta["val"].shape[-1] > MAX_WIDTH:
+    width = x.meta["val"].shape[-1]
+    # A weightless norm (weight None) has no kernel here; nor has a row too wide to hold in registers.
+    if mode is None or not isinstance(weight, torch.fx.Node) or not isinstance(width, int) or width > MAX_WIDTH:
         return
     if residual is None:
         match.replace_by_example(_norm_replacement, [x, weight, eps, mode])
