@@ -194,3 +194,37 @@ def test_a_weightless_rms_norm_is_left_to_inductor(decoder_layer_inputs, ir_node
         out = _compile_with_pass(weightless, ("rms_norm",))(d["inputs"][0])
     assert not out.isnan().any()
     assert CodesPass.replaced["rms_norm"] == before
+
+
+def _installed_after_build(monkeypatch, **env: str):
+    """What ``NestedFPConfig`` leaves in vLLM's Inductor config while a model is built, in this environment."""
+    from kernels.vllm_plugin import nestedfp_method
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = VllmConfig()
+    with set_current_vllm_config(config):
+        nestedfp_method._install_codes_pass()
+    return config.compilation_config.inductor_compile_config.get(codes_pass.PASS_KEY)
+
+
+def test_the_plugin_installs_the_families_its_switches_leave_on(monkeypatch):
+    assert _installed_after_build(monkeypatch).families == codes_pass.FAMILIES
+    assert _installed_after_build(monkeypatch, NESTEDFP_NORM_CODES="0").families == ("silu_mul",)
+    assert _installed_after_build(monkeypatch, NESTEDFP_SILU_CODES="0", NESTEDFP_NORM_CODES="1").families == (
+        "rms_norm",)
+    assert _installed_after_build(monkeypatch, NESTEDFP_SILU_CODES="0", NESTEDFP_NORM_CODES="0") is None
+
+
+def test_a_vllm_the_pass_cannot_load_with_still_builds_the_model_without_it(monkeypatch, caplog):
+    """The pass follows vLLM internals (its IR ops, its pass base); where they are missing the model is built with
+    Inductor's own fusion, and a warning says so."""
+    import sys
+
+    import kernels.vllm_plugin as plugin
+
+    monkeypatch.delattr(plugin, "codes_pass")
+    monkeypatch.setitem(sys.modules, "kernels.vllm_plugin.codes_pass", None)  # the import now raises ImportError
+    assert _installed_after_build(monkeypatch) is None
+    assert "codes pass is unavailable" in caplog.text

@@ -39,6 +39,10 @@ PASS_KEY = "post_grad_custom_post_pass"  # the inductor_compile_config key vLLM 
 FAMILIES = ("silu_mul", "rms_norm")
 _LINEAR = torch.ops.nestedfp.linear_prequantized.default
 _TRACE_EPS = 1e-6  # stands for the epsilon while tracing: a value no other constant in the patterns has
+# vLLM's native RMSNorm code, looked up on import so that a vLLM without it fails the import, which the plugin
+# catches (``nestedfp_method._install_codes_pass``), not a compile
+_RMS_NORM_NATIVE = ir.ops.rms_norm.impls["native"].impl_fn
+_ADD_RMS_NORM_NATIVE = ir.ops.fused_add_rms_norm.impls["native"].impl_fn
 
 
 def _silu_search(gate_up: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -53,15 +57,12 @@ def _silu_replacement(gate_up: torch.Tensor, mode: torch.Tensor) -> tuple[torch.
 def _norm_searches() -> list[tuple[Callable, bool]]:
     """``(search, has_residual)`` for vLLM's two RMSNorm IR ops, each as the node vLLM's CUDA compile hands the pass
     and as its native code, followed by the quantization."""
-    add_native = ir.ops.fused_add_rms_norm.impls["native"].impl_fn
-    plain_native = ir.ops.rms_norm.impls["native"].impl_fn
-
     def add_node(x, residual, weight, eps):
         y, res = torch.ops.vllm_ir.fused_add_rms_norm.default(x, residual, weight, eps)
         return (y, res, *quantize_per_token(y))
 
     def add_code(x, residual, weight, eps):
-        y, res = add_native(x, residual, weight, eps)
+        y, res = _ADD_RMS_NORM_NATIVE(x, residual, weight, eps)
         return (y, res, *quantize_per_token(y))
 
     def plain_node(x, weight, eps):
@@ -69,7 +70,7 @@ def _norm_searches() -> list[tuple[Callable, bool]]:
         return (y, *quantize_per_token(y))
 
     def plain_code(x, weight, eps):
-        y = plain_native(x, weight, eps)
+        y = _RMS_NORM_NATIVE(x, weight, eps)
         return (y, *quantize_per_token(y))
 
     return [(add_node, True), (add_code, True), (plain_node, False), (plain_code, False)]
@@ -159,8 +160,7 @@ class CodesPass(InductorPass):
     def uuid(self) -> str:
         return InductorPass.hash_dict({"families": self.families, "source": InductorPass.hash_source(
             self, _silu_search, _norm_searches, _fuse_norm, _mode_of_sole_consumers, quantize_per_token,
-            SiluAndMul.forward_native, ir.ops.rms_norm.impls["native"].impl_fn,
-            ir.ops.fused_add_rms_norm.impls["native"].impl_fn)})
+            SiluAndMul.forward_native, _RMS_NORM_NATIVE, _ADD_RMS_NORM_NATIVE)})
 
 
 def install(compile_config: dict, families: tuple[str, ...] = FAMILIES) -> bool:

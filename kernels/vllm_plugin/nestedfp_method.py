@@ -110,8 +110,12 @@ def _install_codes_pass() -> None:
         compile_config = get_current_vllm_config().compilation_config.inductor_compile_config
     except Exception:  # noqa: BLE001 - no current config (a layer built outside an engine)
         return
-    from kernels.vllm_plugin import codes_pass
-
+    try:
+        from kernels.vllm_plugin import codes_pass
+    except Exception as e:  # noqa: BLE001 - a vLLM without the IR ops or pass base the patterns follow
+        logger.warning("nestedfp: the codes pass is unavailable with this vLLM (%r); the kernels before nested "
+                       "layers keep writing codes in FP16 mode", e)
+        return
     if not codes_pass.install(compile_config, families):
         logger.warning("nestedfp: %s already set; the kernels before nested layers keep writing codes in FP16 mode",
                        codes_pass.PASS_KEY)
