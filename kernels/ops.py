@@ -130,17 +130,12 @@ def define_op(name: str, schema: str, reference, fake, cuda=None) -> None:
 
 
 try:
-    from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
-except ImportError:  # Triton absent: the reference serves every device
-    nested_linear_cuda = nested_linear_prequantized_cuda = None
-try:
-    from kernels.silu_mul_codes import silu_mul_codes as silu_mul_codes_cuda
-except ImportError:
-    silu_mul_codes_cuda = None
-try:
     from kernels.rms_norm_codes import add_rms_norm_codes as add_rms_norm_codes_cuda
     from kernels.rms_norm_codes import rms_norm_codes as rms_norm_codes_cuda
-except ImportError:
+    from kernels.silu_mul_codes import silu_mul_codes as silu_mul_codes_cuda
+    from kernels.triton_dispatch import nested_linear_cuda, nested_linear_prequantized_cuda
+except ImportError:  # Triton absent: the reference serves every device
+    nested_linear_cuda = nested_linear_prequantized_cuda = silu_mul_codes_cuda = None
     rms_norm_codes_cuda = add_rms_norm_codes_cuda = None
 
 define_op("linear", "(Tensor x, Tensor upper, Tensor lower, Tensor mode, int scale_exp, Tensor? bias=None) -> Tensor",

@@ -23,6 +23,12 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_fp8, scale
 
 
+def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest distance between same-place 16-bit values of ``a`` and ``b``, in units in the last place (as
+    bit patterns: adjacent values of one sign are one apart)."""
+    return int((a.view(torch.int16).int() - b.view(torch.int16).int()).abs().max())
+
+
 def silu_mul_codes_outputs(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Empty ``(x, codes, scales)`` for ``nestedfp::silu_mul_codes`` on ``gate_up`` [..., 2 * d]."""
     lead, d = gate_up.shape[:-1], gate_up.shape[-1] // 2

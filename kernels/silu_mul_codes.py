@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from kernels.fast_launch import launch
-from kernels.reference import quantize_per_token, silu_mul_codes_outputs, silu_mul_codes_reference
+from kernels.reference import quantize_per_token, silu_mul_codes_outputs, silu_mul_codes_reference, ulps_apart
 from kernels.triton_fp8 import FP8_MAX, act_scale, div_by_scale, to_e4m3
 
 CHUNK = 2048  # values of x a step: 8 a thread at 8 warps, act_quant's fastest two-pass step on the H200
@@ -91,7 +91,7 @@ if __name__ == "__main__":  # check against the reference, then time both modes 
             mode.fill_(MODE_CODES[name])
             x, q, s = silu_mul_codes(g, mode)
             if name == "fp16":
-                ulps = (x.view(torch.int16).int() - rx.view(torch.int16).int()).abs().max().item()
+                ulps = ulps_apart(x, rx)
                 assert ulps <= 1, f"x off by {ulps} ulps"
                 rq, rs = quantize_per_token(x)
             else:

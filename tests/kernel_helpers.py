@@ -37,6 +37,13 @@ def nested_weights(n: int, k: int, amax: float = 0.5, device: str = "cuda"):
     return nested_split(w.half())
 
 
+def poisoned_codes_outputs(m: int, n: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, codes, scales)`` for a mode-aware kernel to write into, filled with what none writes: NaN fp16, the
+    E4M3 code 0x7F (NaN) as uint8, NaN fp32 [m, 1]; what a mode leaves unwritten stays so."""
+    return (torch.full((m, n), float("nan"), device=device).half(),
+            torch.full((m, n), 0x7F, dtype=torch.uint8, device=device), torch.full((m, 1), float("nan"), device=device))
+
+
 def replays_follow_mode_flips(op, x: torch.Tensor, mode: torch.Tensor, check,
                               flips: tuple[str, ...] = ("fp8", "fp16", "fp8", "fp16", "fp8")) -> None:
     """Capture ``op()`` (which returns its output) in one CUDA graph, then for each mode of ``flips``: set it,

@@ -14,8 +14,14 @@ import torch
 
 from kernels import nested_linear, quantize_per_token, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
-from kernels.reference import nested_linear_prequantized
-from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, replays_follow_mode_flips
+from kernels.reference import nested_linear_prequantized, ulps_apart
+from tests.kernel_helpers import (
+    hopper_gluon_problem,
+    nested_weights,
+    poisoned_codes_outputs,
+    rel_err,
+    replays_follow_mode_flips,
+)
 
 pytestmark = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 TOL = {"fp16": 5e-3, "fp8": 5e-3}
@@ -117,16 +123,14 @@ def test_mode_aware_silu_mul_writes_x_or_the_codes_of_that_x(m, d):
     got = {}
     for name in ("fp16", "fp8"):
         set_host_mode(mode, name)
-        x = torch.full((m, d), float("nan"), device="cuda").half()
-        q = torch.full((m, d), 0x7F, dtype=torch.uint8, device="cuda")
-        s = torch.full((m, 1), float("nan"), device="cuda")
+        x, q, s = poisoned_codes_outputs(m, d, "cuda")
         smc.silu_mul_codes_kernel[(m,)](g, x, q.view(torch.float8_e4m3fn), s, mode, m, d, g.stride(0),
                                         CHUNK=smc.CHUNK, INTERPRET=False, num_warps=8, num_stages=1)
         got[name] = x, q, s
     set_host_mode(mode, "fp16")
     x, q16, s16 = got["fp16"]
     x8, q, s = got["fp8"]
-    assert (x.view(torch.int16).int() - silu_mul_codes_reference(g)[0].view(torch.int16).int()).abs().max() <= 1
+    assert ulps_apart(x, silu_mul_codes_reference(g)[0]) <= 1
     rq, rs = quantize_per_token(x)
     assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
     assert (q16 == 0x7F).all() and s16.isnan().all() and x8.isnan().all()
@@ -185,9 +189,8 @@ def test_mode_aware_rms_norm_writes_y_or_the_codes_of_that_y_and_the_residual_in
     got = {}
     for name in ("fp16", "fp8"):
         set_host_mode(mode, name)
-        y, ro = (torch.full((m, n), float("nan"), device="cuda").half() for _ in range(2))
-        q = torch.full((m, n), 0x7F, dtype=torch.uint8, device="cuda")
-        s = torch.full((m, 1), float("nan"), device="cuda")
+        y, q, s = poisoned_codes_outputs(m, n, "cuda")
+        ro = torch.full_like(y, float("nan"))
         rr = x if r is None else r
         rnc.rms_norm_codes_kernel[(m,)](x, rr, w, y, ro, q.view(torch.float8_e4m3fn), s, mode, n, 1e-5, x.stride(0),
                                         rr.stride(0), HAS_RESIDUAL=residual, BLOCK=block, INTERPRET=False,
@@ -196,7 +199,7 @@ def test_mode_aware_rms_norm_writes_y_or_the_codes_of_that_y_and_the_residual_in
     set_host_mode(mode, "fp16")
     ref = rms_norm_codes_reference(x, r, w, 1e-5)
     (y, ro16, q16, s16), (y8, ro8, q, s) = got["fp16"], got["fp8"]
-    assert (y.view(torch.int16).int() - ref[0].view(torch.int16).int()).abs().max() <= rnc.Y_ULPS
+    assert ulps_apart(y, ref[0]) <= rnc.Y_ULPS
     rq, rs = quantize_per_token(y)
     assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
     if residual:

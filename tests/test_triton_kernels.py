@@ -52,8 +52,18 @@ tuning, tfp16, tfp8, tmerge, dispatch, smc, rnc = _interpreted_modules()
 
 from kernels import NestedWeight, nested_linear, nested_merge, nested_split  # noqa: E402
 from kernels.ops import host_mode, new_mode_tensor, set_host_mode  # noqa: E402
-from kernels.reference import quantize_per_token, rms_norm_codes_reference, silu_mul_codes_reference  # noqa: E402
-from tests.kernel_helpers import poison_split_k_workspace, rel_err, split_k_partials_written  # noqa: E402
+from kernels.reference import (  # noqa: E402
+    quantize_per_token,
+    rms_norm_codes_reference,
+    silu_mul_codes_reference,
+    ulps_apart,
+)
+from tests.kernel_helpers import (  # noqa: E402
+    poison_split_k_workspace,
+    poisoned_codes_outputs,
+    rel_err,
+    split_k_partials_written,
+)
 
 TileConfig = tuning.TileConfig
 FP16_TOL = 2e-3  # an fp16 GEMM with fp32 accumulation lands near 5e-4 (output rounding)
@@ -440,11 +450,6 @@ def test_warm_up_runs_every_boundary_m_in_both_modes_both_picks_and_both_ops_onc
     assert not warmup.warm_layer(nw.upper, nw.lower, nw.scale_exp, None, max_m=20), "once per shape"
 
 
-def _poisoned_silu_outputs(m: int, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.full((m, d), float("nan")).half(), torch.full((m, d), 0x7F, dtype=torch.uint8),
-            torch.full((m, 1), float("nan")))
-
-
 @pytest.mark.parametrize("m, d", [(1, 7), (5, 40), (3, smc.CHUNK + 13)])  # the last spans a ragged second step
 def test_silu_mul_codes_writes_x_in_fp16_mode_and_only_the_codes_in_fp8_mode(m, d):
     """x = silu(gate) * up rounded once from fp32 in FP16 mode; in FP8 mode the codes and scales of that x,
@@ -454,14 +459,14 @@ def test_silu_mul_codes_writes_x_in_fp16_mode_and_only_the_codes_in_fp8_mode(m, 
     got = {}
     for name in ("fp16", "fp8"):
         set_host_mode(mode, name)
-        x, q, s = _poisoned_silu_outputs(m, d)
+        x, q, s = poisoned_codes_outputs(m, d)
         smc.silu_mul_codes_kernel[(m,)](g, x, q.view(torch.float8_e4m3fn), s, mode, m, d, g.stride(0),
                                         CHUNK=smc.CHUNK, INTERPRET=True)
         got[name] = x, q, s
     x, q16, s16 = got["fp16"]
     x8, q, s = got["fp8"]
     rx = silu_mul_codes_reference(g)[0]
-    assert (x.view(torch.int16).int() - rx.view(torch.int16).int()).abs().max() <= 1  # exp's last bit may differ
+    assert ulps_apart(x, rx) <= 1  # exp's last bit may differ
     rq, rs = quantize_per_token(x)
     assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
     assert (q16 == 0x7F).all() and s16.isnan().all()  # FP16 mode wrote no codes ...
@@ -489,8 +494,8 @@ def test_rms_norm_codes_writes_y_in_fp16_mode_only_the_codes_in_fp8_mode_and_the
     got = {}
     for name in ("fp16", "fp8"):
         set_host_mode(mode, name)
-        y, ro = torch.full((m, n), float("nan")).half(), torch.full((m, n), float("nan")).half()
-        q, s = torch.full((m, n), 0x7F, dtype=torch.uint8), torch.full((m, 1), float("nan"))
+        y, q, s = poisoned_codes_outputs(m, n)
+        ro = torch.full_like(y, float("nan"))
         rr = x if r is None else r
         rnc.rms_norm_codes_kernel[(m,)](x, rr, w, y, ro, q.view(torch.float8_e4m3fn), s, mode, n, 1e-5, x.stride(0),
                                         rr.stride(0), HAS_RESIDUAL=residual, BLOCK=block, INTERPRET=True)
@@ -499,7 +504,7 @@ def test_rms_norm_codes_writes_y_in_fp16_mode_only_the_codes_in_fp8_mode_and_the
     ref = rms_norm_codes_reference(x, r, w, 1e-5)
     y, ro16, q16, s16 = got["fp16"]
     y8, ro8, q, s = got["fp8"]
-    assert (y.view(torch.int16).int() - ref[0].view(torch.int16).int()).abs().max() <= rnc.Y_ULPS
+    assert ulps_apart(y, ref[0]) <= rnc.Y_ULPS
     rq, rs = quantize_per_token(y)
     assert torch.equal(q, rq.view(torch.uint8)) and torch.equal(s, rs)
     if residual:

@@ -105,14 +105,8 @@ def _patterns(family: str) -> PatternMatcherPass:
     epsilon is captured as an argument."""
     patterns = PatternMatcherPass(pass_name=f"nestedfp_{family}_codes")
     if family == "silu_mul":
-        @register_graph_pattern(gen_pattern(_silu_search, [torch.empty(5, 8, dtype=torch.float16)], fwd_only),
-                                pass_dict=patterns)
-        def _fuse_silu(match: Match, gate_up: torch.fx.Node) -> None:
-            mode = _mode_of_sole_consumers(match)
-            if mode is not None:
-                match.replace_by_example(_silu_replacement, [gate_up, mode])
-                CodesPass.replaced["silu_mul"] += 1
-
+        register_graph_pattern(gen_pattern(_silu_search, [torch.empty(5, 8, dtype=torch.float16)], fwd_only),
+                               pass_dict=patterns)(_fuse_silu)
     elif family == "rms_norm":
         for search, has_residual in _norm_searches():
             # x (and the residual) as distinct tensors, or they trace as one input; meta, so nothing runs
@@ -123,6 +117,13 @@ def _patterns(family: str) -> PatternMatcherPass:
     else:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     return patterns
+
+
+def _fuse_silu(match: Match, gate_up: torch.fx.Node) -> None:
+    mode = _mode_of_sole_consumers(match)
+    if mode is not None:
+        match.replace_by_example(_silu_replacement, [gate_up, mode])
+        CodesPass.replaced["silu_mul"] += 1
 
 
 def _fuse_norm(match: Match, x: torch.fx.Node, weight: torch.fx.Node, eps: float,
@@ -159,7 +160,7 @@ class CodesPass(InductorPass):
 
     def uuid(self) -> str:
         return InductorPass.hash_dict({"families": self.families, "source": InductorPass.hash_source(
-            self, _silu_search, _norm_searches, _fuse_norm, _mode_of_sole_consumers, quantize_per_token,
+            self, _silu_search, _norm_searches, _fuse_silu, _fuse_norm, _mode_of_sole_consumers, quantize_per_token,
             SiluAndMul.forward_native, _RMS_NORM_NATIVE, _ADD_RMS_NORM_NATIVE)})
 
 

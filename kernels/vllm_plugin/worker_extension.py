@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import torch
 
 from kernels.nested_format import NestedWeight, nested_merge
 from kernels.vllm_plugin import precision, step_profile
-from kernels.vllm_plugin.codes_pass import CodesPass
+
+
+def _codes_fused() -> dict[str, int]:
+    """The codes pass's replacements in this process; none where the pass never loaded (switched off, or a vLLM
+    it cannot follow), without importing it here."""
+    mod = sys.modules.get("kernels.vllm_plugin.codes_pass")
+    replaced = mod.CodesPass.replaced if mod is not None else {}
+    return {"silu_codes_fused": replaced.get("silu_mul", 0), "norm_codes_fused": replaced.get("rms_norm", 0)}
 
 
 class PrecisionWorkerExtension:
@@ -45,8 +53,7 @@ class PrecisionWorkerExtension:
                 plain.append(name)
                 weight_bytes += m.weight.numel() * m.weight.element_size()
         return {"nested": nested, "prescaled": prescaled, "plain": plain, "prequantized": prequantized,
-                "linear_weight_bytes": weight_bytes, "silu_codes_fused": CodesPass.replaced["silu_mul"],
-                "norm_codes_fused": CodesPass.replaced["rms_norm"]}
+                "linear_weight_bytes": weight_bytes, **_codes_fused()}
 
     def model_weight_bytes(self) -> int:
         """Bytes of every parameter the model holds (both planes count for nested layers)."""
