@@ -35,6 +35,7 @@ from kernels.tuning import LLAMA_SHAPES, STREAM_K, token_cap
 
 Config = tuple[int, ...]  # block_w, block_t, block_k, stages[, split_k]
 MERGE_MIN_M = 512  # from here up the sweep also times merge + cuBLAS, the op's eager FP16 path at large M
+DEEP_STAGES = 12  # the deepest ring the sweep tries (the FP8 table runs 10-stage rings at decode)
 TOL = 5e-3  # relative Frobenius error, fp16 GEMM level (kernels.bench uses the same); x4 for bf16
 
 
@@ -71,8 +72,9 @@ def time_configs(row: dict, configs: list[tuple], run: Callable[[tuple], object]
 
 
 def default_configs() -> list[Config]:
-    """Per (block_w, block_t, block_k) the deepest ring of up to 5 stages that fits, and also
-    3 stages where the tile is large (fewer stages, more room for a second CTA)."""
+    """Per (block_w, block_t, block_k) the deepest ring of up to 5 stages that fits, and also 3 stages
+    where the tile is large (fewer stages, more room for a second CTA), and the deepest ring of up to
+    ``DEEP_STAGES`` where more than 5 fit (the small token tiles of decode: more bytes in flight)."""
     out: list[Config] = []
     for w, t, k in itertools.product((64, 128), (16, 32, 64, 128, 256), (64, 128)):
         fits = [st for st in (5, 4, 3) if G.config_problem(w, t, k, st) is None]
@@ -80,6 +82,9 @@ def default_configs() -> list[Config]:
             out.append((w, t, k, fits[0]))
         if t * k >= 128 * 128 and 3 in fits and fits[0] != 3:
             out.append((w, t, k, 3))
+        deep = [st for st in range(DEEP_STAGES, 5, -1) if G.config_problem(w, t, k, st) is None]
+        if deep:
+            out.append((w, t, k, deep[0]))
     return out
 
 

@@ -214,7 +214,8 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
     """The fastest checked tile per (N, K, M) from ``python -m kernels.gluon_check``'s JSON, or
     null where the shipped op ran the Triton FP16 kernel and was faster in the same run; per (N, K), the M
     from which merge + cuBLAS was faster (``merge_from``, where the run timed it). ``update``: entries of the
-    table at ``out_path`` for (N, K, M) the JSON did not time stay (a sweep of some M).
+    table at ``out_path`` for (N, K, M) the JSON did not time stay (a sweep of some M), and so does a timed
+    entry's tile unless the fastest beat it by more than ``INCUMBENT_MARGIN`` in the same row.
 
     Where the shipped op itself ran a Gluon tile, its time says nothing about the Triton kernel, so
     the fastest tile stays. Which kernel shipped: the row's ``shipped_gluon``; in JSON from before
@@ -238,11 +239,25 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
     if update:  # read afresh: _load's cache may hold the table as it was before an earlier write
         option += " --update"
         old = json.loads(Path(out_path).read_text()) if Path(out_path).exists() else {}
+        for r in res["rows"]:
+            shape, m = f"{r['n']}x{r['k']}", str(r["m"])
+            if _incumbent_holds(r, old.get("tiles", {}).get(shape, {}).get(m)):
+                tiles[shape][m] = old["tiles"][shape][m]
         for shape, entries in old.get("tiles", {}).items():
             merged = {**entries, **tiles.get(shape, {})}
             tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
         merge = {**old.get("merge_from", {}), **merge}
     return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles, merge_from=merge)
+
+
+def _incumbent_holds(row: dict, incumbent: list | None) -> bool:
+    """Whether a table's tile stays against a gluon_check row: the row timed it, and its fastest tile
+    beat it by no more than ``INCUMBENT_MARGIN`` (the sweep's order alone moved the big GEMMs' times
+    by a few percent: 70B.gate_up at M = 128 timed 290 us in the shipped op and 316 us as a config)."""
+    if not incumbent or "best_us" not in row:
+        return False
+    timed = [c["us"] for c in row.get("configs", []) if list(c["cfg"]) == incumbent and "us" in c]
+    return bool(timed) and row["best_us"] > timed[0] * (1 - INCUMBENT_MARGIN)
 
 
 def _merge_from(rows: list[dict]) -> dict:

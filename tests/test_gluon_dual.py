@@ -21,10 +21,11 @@ from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, 
 
 needs_hopper = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 TOL = {"fp16": 5e-3, "fp8": 5e-3}
-# (tile16, cfg8) pairs of the H200 tables' kinds: decode tiles, split-K on either side, 128-row tiles.
+# (tile16, cfg8) pairs of the H200 tables' kinds: decode tiles, split-K on either side, 128-row tiles, and a
+# 9-stage FP16 ring (the deepest the table holds: the larger branch sets the launch's shared memory).
 PAIRS = [((64, 16, 128, 5), (64, 16, 256, 5, 1)), ((64, 16, 128, 5, 2), (64, 16, 256, 10, 1)),
          ((64, 64, 128, 5), (64, 64, 256, 5, 2)), ((128, 16, 128, 5), (128, 16, 256, 5, 1)),
-         ((64, 128, 128, 4), (64, 128, 256, 4, 1))]
+         ((64, 128, 128, 4), (64, 128, 256, 4, 1)), ((64, 128, 64, 9), (64, 128, 256, 4, 1))]
 SHAPES = [(1, 4096, 2048), (7, 200, 528), (33, 1008, 1056), (64, 384, 4096), (100, 3024, 2048)]
 
 
@@ -187,7 +188,7 @@ def test_bias_prescale_and_bf16(dtype):
 
 
 @needs_hopper
-@pytest.mark.parametrize("m", [1, 16, 64])
+@pytest.mark.parametrize("m", [1, 16, 64, 128])
 def test_one_graph_follows_mode_flips_with_fresh_inputs(m):
     """The op captured once (device pick; the dual kernel where the H200 tables pair): each replay equals the
     eager device-pick call of the mode it runs in, while x changes between replays."""

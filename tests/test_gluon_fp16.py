@@ -294,3 +294,19 @@ def test_stream_k_launch_quantizes_x_in_fp8_mode():
     q_ref, s_ref = act_quant(x, mode)
     assert torch.equal(s, s_ref)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_table_update_keeps_a_timed_tile_unless_beaten_by_the_margin(tmp_path):
+    """Re-sweeps move the big GEMMs' times by a few percent, so a committed tile yields only to a clear win."""
+    out = tmp_path / "table.json"
+    incumbent = [64, 64, 128, 5]
+    out.write_text(json.dumps(dict(tiles={"256x512": {"64": incumbent, "128": incumbent, "256": incumbent}})))
+    within, beyond = 100.0 * (1 - tuning.INCUMBENT_MARGIN / 2), 100.0 * (1 - 2 * tuning.INCUMBENT_MARGIN)
+    row = dict(shape="s", n=256, k=512, best_cfg=[64, 64, 128, 7], shipped_us=100.0, shipped_gluon=incumbent)
+    rows = [dict(row, m=64, best_us=within, configs=[dict(cfg=incumbent, us=100.0), dict(cfg=[64, 64, 128, 7],
+                                                                                      us=within)]),
+            dict(row, m=128, best_us=beyond, configs=[dict(cfg=incumbent, us=100.0), dict(cfg=[64, 64, 128, 7],
+                                                                                       us=beyond)]),
+            dict(row, m=256, best_us=within, configs=[dict(cfg=[64, 64, 128, 7], us=within)])]  # not timed
+    table = tuning.write_gluon_table(_check_json(tmp_path, rows), str(out), update=True)
+    assert table["tiles"]["256x512"] == {"64": incumbent, "128": [64, 64, 128, 7], "256": [64, 64, 128, 7]}
