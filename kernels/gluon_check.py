@@ -105,14 +105,16 @@ def wave_fill(tiles: int, sms: int) -> float:
     return tiles / (cdiv(tiles, sms) * sms)
 
 
-def configs_for(m: int, configs: list[Config], n: int | None = None, sms: int = 132) -> list[Config]:
+def configs_for(m: int, configs: list[Config], n: int | None = None, sms: int = 132,
+                named: bool = False) -> list[Config]:
     """Token tiles no wider than the power of two that covers M (a 256-wide tile at M = 16 is waste);
     given ``n``, split-K variants only where the unsplit grid leaves at least half the SMs idle, stream-K
-    variants only where its waves are less than ``STREAM_K_MAX_FILL`` full."""
+    variants only where its waves are less than ``STREAM_K_MAX_FILL`` full. ``named``: configs the user
+    listed (``--configs``), whose splits are all timed."""
     def wanted(c: Config) -> bool:
         if c[1] > token_cap(m):
             return False
-        if len(c) == 4:
+        if len(c) == 4 or named:
             return True
         if n is None:
             return False
@@ -162,7 +164,7 @@ def checks(configs: list[Config]) -> list[dict]:
 
 
 def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int, budget_s: float, t0: float,
-          write) -> list[dict]:
+          write, named: bool = False) -> list[dict]:
     from kernels import nested_merge
     from kernels.ops import new_mode_tensor
     from kernels.reference import nested_linear
@@ -190,7 +192,7 @@ def sweep(shapes: dict, ms: tuple[int, ...], configs: list[Config], rep_ms: int,
                                                 rep_ms)
             shipped = use_gluon(x, nw.upper, nw.lower)  # the kernel shipped_us timed (Gluon tile or None)
             r["shipped_gluon"] = list(shipped) if shipped else None
-            timed = configs_for(m, configs, n, sm_count(x.device))
+            timed = configs_for(m, configs, n, sm_count(x.device), named)
             ok = time_configs(r, timed, functools.partial(run, x, nw, mode, out=out), out, ref, TOL, rep_ms)
             rows.append(r)
             print(f"{time.time() - t0:5.0f}s {name:12s} M={m:5d} cuBLAS {r['cublas_us']:8.1f} shipped "
@@ -232,7 +234,7 @@ def main() -> None:
     for r in bad[:5]:
         print("FAILED:", r, flush=True)
     print(f"{len(good)} of {len(configs)} configs pass every check ({time.time() - t0:.0f} s)", flush=True)
-    res["rows"] = sweep(shapes, ms, good, args.rep_ms, args.budget_s, t0, write)
+    res["rows"] = sweep(shapes, ms, good, args.rep_ms, args.budget_s, t0, write, named=args.configs is not None)
     write()
 
 

@@ -68,3 +68,11 @@ def test_stream_k_variants_are_timed_only_where_the_grid_fills_its_waves_badly()
     got = gluon_check.configs_for(256, configs, 8192, 132)
     assert (64, 256, 64, 5, 0) not in got and (128, 256, 64, 4, 0) in got
     assert gluon_check.configs_for(256, configs) == [(64, 256, 64, 5), (128, 256, 64, 4)]  # no N: no variants
+
+
+def test_configs_named_on_the_command_line_keep_every_split_but_not_wide_token_tiles():
+    named = [(64, 128, 64, 9, 2), (64, 128, 64, 9, 4), (64, 256, 64, 5, 0), (64, 256, 64, 5)]
+    # 8B.qkv at M = 256: 192 tiles of 128 tokens, so the heuristic would time no split of them.
+    assert gluon_check.configs_for(256, named, 6144, 132) == [(64, 256, 64, 5, 0), (64, 256, 64, 5)]
+    assert gluon_check.configs_for(256, named, 6144, 132, named=True) == named
+    assert gluon_check.configs_for(64, named, 6144, 132, named=True) == []  # token tiles wider than M needs
