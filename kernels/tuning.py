@@ -252,8 +252,8 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
 
 def _incumbent_holds(row: dict, incumbent: list | None) -> bool:
     """Whether a table's tile stays against a gluon_check row: the row timed it, and its fastest tile
-    beat it by no more than ``INCUMBENT_MARGIN`` (the sweep's order alone moved the big GEMMs' times
-    by a few percent: 70B.gate_up at M = 128 timed 290 us in the shipped op and 316 us as a config)."""
+    beat it by no more than ``INCUMBENT_MARGIN``. Single timings vary by a few percent: in one sweep,
+    70B.gate_up's tile at M = 128 timed 290 us in the shipped op and 316 us alone, later in the row."""
     if not incumbent or "best_us" not in row:
         return False
     timed = [c["us"] for c in row.get("configs", []) if list(c["cfg"]) == incumbent and "us" in c]
