@@ -77,14 +77,14 @@ def default_configs() -> list[Config]:
     ``DEEP_STAGES`` where more than 5 fit (the small token tiles of decode: more bytes in flight)."""
     out: list[Config] = []
     for w, t, k in itertools.product((64, 128), (16, 32, 64, 128, 256), (64, 128)):
-        fits = [st for st in (5, 4, 3) if G.config_problem(w, t, k, st) is None]
-        if fits:
-            out.append((w, t, k, fits[0]))
-        if t * k >= 128 * 128 and 3 in fits and fits[0] != 3:
+        fits = [st for st in range(DEEP_STAGES, 2, -1) if G.config_problem(w, t, k, st) is None]  # deepest first
+        shallow = [st for st in fits if st <= 5]
+        if shallow:
+            out.append((w, t, k, shallow[0]))
+        if t * k >= 128 * 128 and 3 in shallow and shallow[0] != 3:
             out.append((w, t, k, 3))
-        deep = [st for st in range(DEEP_STAGES, 5, -1) if G.config_problem(w, t, k, st) is None]
-        if deep:
-            out.append((w, t, k, deep[0]))
+        if fits and fits[0] > 5:
+            out.append((w, t, k, fits[0]))
     return out
 
 

@@ -225,6 +225,8 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
     from kernels.triton_dispatch import GLUON_MIN_M  # imports this module
 
     res = json.loads(Path(check_json).read_text())
+    # read afresh: _load's cache may hold the table as it was before an earlier write
+    old = json.loads(Path(out_path).read_text()) if update and Path(out_path).exists() else {}
     tiles: dict = {}
     merge = _merge_from(res["rows"])
     for r in res["rows"]:
@@ -234,15 +236,13 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
             else:
                 shipped_gluon = r["m"] >= GLUON_MIN_M and gluon_tile(r["n"], r["k"], r["m"]) is not None
             win = shipped_gluon or r["best_us"] < r["shipped_us"]
-            tiles.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
-    option = "--gluon-table CHECK_JSON"
-    if update:  # read afresh: _load's cache may hold the table as it was before an earlier write
-        option += " --update"
-        old = json.loads(Path(out_path).read_text()) if Path(out_path).exists() else {}
-        for r in res["rows"]:
             shape, m = f"{r['n']}x{r['k']}", str(r["m"])
-            if _incumbent_holds(r, old.get("tiles", {}).get(shape, {}).get(m)):
-                tiles[shape][m] = old["tiles"][shape][m]
+            incumbent = old.get("tiles", {}).get(shape, {}).get(m)
+            tile = incumbent if _incumbent_holds(r, incumbent) else list(r["best_cfg"]) if win else None
+            tiles.setdefault(shape, {})[m] = tile
+    option = "--gluon-table CHECK_JSON"
+    if update:
+        option += " --update"
         for shape, entries in old.get("tiles", {}).items():
             merged = {**entries, **tiles.get(shape, {})}
             tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
