@@ -19,6 +19,8 @@ second is 8B.qkv), 8B.qkv at M = 1024 with (64, 256, 64, 5) and (128, 256, 64, 4
 table's tiles. cuBLAS FP16 alongside.
 
     PYTHONPATH=$PWD python3 docs/benchmarks/2026-11-24-h200-step-anatomy/step_anatomy.py OUT.json [VARIANT,...]
+
+``--ncu VARIANT N K M TILE`` instead runs one variant's kernel three times, then cuBLAS, for Nsight Compute.
 """
 
 import importlib.util
@@ -232,5 +234,23 @@ def main(out_path: str, names: list[str]) -> None:
     json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), open(out_path, "w"), indent=1)
 
 
+def ncu_target(name: str, n: int, k: int, m: int, tile: tuple[int, ...]) -> None:
+    """Runs one variant's kernel three times, then cuBLAS FP16 three times: a target for Nsight Compute."""
+    mod = load_variant(name, pathlib.Path(tempfile.mkdtemp()))
+    nw = make_weight(n, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+    mode = new_mode_tensor("cuda", "fp16")
+    for _ in range(3):
+        mod.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, None, out, tile)
+    w16 = nested_merge(nw)
+    for _ in range(3):
+        torch.matmul(x, w16.t())
+    torch.cuda.synchronize()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else list(VARIANTS))
+    if sys.argv[1] == "--ncu":  # --ncu VARIANT N K M TILE, e.g. --ncu no_x_tma 6144 4096 256 64,256,64,5
+        ncu_target(sys.argv[2], *map(int, sys.argv[3:6]), tuple(map(int, sys.argv[6].split(","))))
+    else:
+        main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else list(VARIANTS))
