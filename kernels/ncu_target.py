@@ -17,10 +17,29 @@ import argparse
 import torch
 
 
-def main(argv: list[str] | None = None) -> None:
+def launch_target(n: int, k: int, m: int, tile: tuple[int, ...], kernel=None) -> None:
+    """Three launches of ``kernel.nested_fp16_gemm_rs`` (``kernels.gluon_fp16``, or a variant of it a diagnostic
+    loaded) with ``tile`` on an [m, k] x [n, k] problem, then three of cuBLAS FP16 on the same shape."""
     from kernels import gluon_fp16, split_k
     from kernels.bench import make_weight
     from kernels.ops import new_mode_tensor
+
+    kernel = kernel or gluon_fp16
+    nw = make_weight(n, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    mode = new_mode_tensor("cuda", "fp16")
+    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+    split_k.reserve(x.device)  # stream-K and split-K tiles need its buffers
+    print("tile", tile, flush=True)
+    for _ in range(3):
+        kernel.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, None, out, tile, True, None)
+    w16 = torch.empty(n, k, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        torch.matmul(x, w16.t())
+    torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> None:
     from kernels.tuning import gluon_tile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,19 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("m", type=int)
     ap.add_argument("--tile", help="the Gluon tile to run instead of the table's, e.g. 64,256,64,5,0 (stream-K)")
     a = ap.parse_args(argv)
-    nw = make_weight(a.n, a.k)
-    x = torch.randn(a.m, a.k, device="cuda", dtype=torch.float16)
-    mode = new_mode_tensor("cuda", "fp16")
-    out = torch.empty(a.m, a.n, device="cuda", dtype=torch.float16)
     tile = tuple(int(v) for v in a.tile.split(",")) if a.tile else gluon_tile(a.n, a.k, a.m)
-    split_k.reserve(x.device)  # stream-K and split-K tiles need its buffers
-    print("tile", tile, flush=True)
-    for _ in range(3):
-        gluon_fp16.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, None, out, tile, True, None)
-    w16 = torch.empty(a.n, a.k, device="cuda", dtype=torch.float16)
-    for _ in range(3):
-        torch.matmul(x, w16.t())
-    torch.cuda.synchronize()
+    launch_target(a.n, a.k, a.m, tile)
 
 
 if __name__ == "__main__":

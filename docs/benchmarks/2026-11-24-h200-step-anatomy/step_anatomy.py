@@ -20,10 +20,10 @@ table's tiles. cuBLAS FP16 alongside.
 
     PYTHONPATH=$PWD python3 docs/benchmarks/2026-11-24-h200-step-anatomy/step_anatomy.py OUT.json [VARIANT,...]
 
-``--ncu VARIANT N K M TILE`` instead runs one variant's kernel three times, then cuBLAS, for Nsight Compute.
+``--ncu VARIANT N K M TILE`` instead runs one variant's kernel three times, then cuBLAS, for Nsight Compute
+(``kernels.ncu_target.launch_target``).
 """
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -34,6 +34,8 @@ import torch
 from kernels import nested_merge
 from kernels.bench import make_weight, rel_err
 from kernels.gluon_check import bench_us
+from kernels.gluon_sass import load_module
+from kernels.ncu_target import launch_target
 from kernels.ops import new_mode_tensor
 
 SRC = pathlib.Path(__file__).resolve().parents[3] / "kernels" / "gluon_fp16.py"
@@ -187,12 +189,10 @@ CHECKED = ("base", "l2_prefetch_4", "l2_prefetch_8", "l2_prefetch_16", "l2_bulk_
 
 
 def load_variant(name: str, tmp: pathlib.Path):
+    """Variant ``name`` of the kernel module, written to ``tmp`` and loaded as a module of its own."""
     path = tmp / f"gluon_fp16_{name}.py"
     path.write_text(VARIANTS[name](SRC.read_text()))
-    spec = importlib.util.spec_from_file_location(f"gluon_fp16_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(str(path))
 
 
 CASES = [  # (label, n, k, m, tile)
@@ -234,23 +234,9 @@ def main(out_path: str, names: list[str]) -> None:
     json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), open(out_path, "w"), indent=1)
 
 
-def ncu_target(name: str, n: int, k: int, m: int, tile: tuple[int, ...]) -> None:
-    """Runs one variant's kernel three times, then cuBLAS FP16 three times: a target for Nsight Compute."""
-    mod = load_variant(name, pathlib.Path(tempfile.mkdtemp()))
-    nw = make_weight(n, k)
-    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-    mode = new_mode_tensor("cuda", "fp16")
-    for _ in range(3):
-        mod.nested_fp16_gemm_rs(x, nw.upper, nw.lower, mode, nw.scale_exp, None, out, tile)
-    w16 = nested_merge(nw)
-    for _ in range(3):
-        torch.matmul(x, w16.t())
-    torch.cuda.synchronize()
-
-
 if __name__ == "__main__":
     if sys.argv[1] == "--ncu":  # --ncu VARIANT N K M TILE, e.g. --ncu no_x_tma 6144 4096 256 64,256,64,5
-        ncu_target(sys.argv[2], *map(int, sys.argv[3:6]), tuple(map(int, sys.argv[6].split(","))))
+        launch_target(*map(int, sys.argv[3:6]), tuple(map(int, sys.argv[6].split(","))),
+                      load_variant(sys.argv[2], pathlib.Path(tempfile.mkdtemp())))
     else:
         main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else list(VARIANTS))
