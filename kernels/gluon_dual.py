@@ -29,6 +29,8 @@ from kernels.nested_format import FP8_WEIGHT_SCALE_EXP
 from kernels.split_k import split_buffers
 from kernels.tuning import STREAM_K, tile_split
 
+MAX_M = 256  # pairable: the largest M the paired launch was measured and tested at
+
 
 @common.jit(do_not_specialize=["M", "programs16", "programs8"])
 def nested_dual_rs_kernel(
@@ -53,8 +55,10 @@ def pairable(tile16: tuple[int, ...] | None, cfg8: tuple[int, ...] | None, m: in
     """Whether one launch should hold both: the same weight rows per program (one warp count), no stream-K,
     and the same number of programs at this M. Why the last: where the grids differed (split-K on one side),
     the one launch ran slower than three in FP16 mode (8B.o, M = 1: 21.8 against 21.1 us) and gained nothing
-    in FP8 mode; with equal grids it gained 1-13% in FP8 mode (docs/BENCHMARKS.md, "Idle launches")."""
-    if not (tile16 and cfg8 and tile16[0] == cfg8[0]) or tile_split(tile16) == STREAM_K:
+    in FP8 mode; with equal grids it gained 1-13% in FP8 mode (docs/BENCHMARKS.md, "Idle launches"). Only up
+    to ``MAX_M``, where it was measured and tested; the FP8 table's larger-M configs may skip PDL, which this
+    launch needs."""
+    if m > MAX_M or not (tile16 and cfg8 and tile16[0] == cfg8[0]) or tile_split(tile16) == STREAM_K:
         return False
     return cdiv(m, tile16[1]) * tile_split(tile16) == cdiv(m, cfg8[1]) * tile_split(cfg8)
 

@@ -40,9 +40,10 @@ so the two agree to GEMM rounding, not bit for bit.
 
     python -m kernels.gluon_fp8 --out $OUT/gluon_fp8.json     # checks, then times (on an H200)
 
-The op (``kernels.triton_dispatch``) runs it where ``kernels/gluon_fp8_tiles_h200.json`` has a config (M <= 256),
-as a PDL launch after ``act_quant``; the table comes from this module's sweep (``python -m kernels.tuning
---gluon-fp8-table``), which times that pair against ``act_quant`` + the Triton FP8 GEMM.
+The op (``kernels.triton_dispatch``) runs it where ``kernels/gluon_fp8_tiles_h200.json`` has a config, after
+``act_quant`` (as a PDL launch, unless an entry from M = 512 up says otherwise); the table comes from this
+module's sweep (``python -m kernels.tuning --gluon-fp8-table``), which times that pair against ``act_quant`` +
+the Triton FP8 GEMM, and from M = 512 also against ``act_quant`` + cuBLASLt's and as eager calls.
 """
 
 from __future__ import annotations
@@ -294,14 +295,15 @@ Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, sp
 # (python -m kernels.gluon_sass --kind fp8) without spills, SS-form QGMMA, one MMA group in flight.
 # Every config runs one CTA per SM (255 registers x 8 warps, or 168 x 12), so the ring depth alone sets
 # the bytes in flight per SM: at M <= 16 the kernel streams weights, so the rings are deep (80-200 KB)
-# and block_k is large (fewer barrier round trips per byte). 128 x 256 tiles are left out: 128 fp32
-# accumulators per thread within 168 registers spilled.
+# and block_k is large (fewer barrier round trips per byte). The 128 x 256 tiles hold 128 fp32 accumulators
+# per thread within 168 registers: they spill 24 bytes outside the K loop (10 STL/LDL), and from M = 512 up
+# they were still the fastest on most shapes (docs/BENCHMARKS.md, "Kernels v16").
 TILES: tuple[tuple[int, int, int, int], ...] = (
     (64, 16, 128, 8), (64, 16, 256, 5), (64, 16, 256, 10), (128, 16, 128, 10), (128, 16, 256, 5),
     (64, 32, 256, 6), (128, 32, 128, 8),
     (64, 64, 128, 8), (64, 64, 256, 5), (128, 64, 128, 6),
-    (64, 128, 128, 6), (64, 128, 256, 4), (128, 128, 128, 5),
-    (64, 256, 64, 8), (64, 256, 128, 4),
+    (64, 128, 128, 6), (64, 128, 256, 4), (128, 128, 128, 5), (128, 128, 128, 6),
+    (64, 256, 64, 8), (64, 256, 128, 4), (128, 256, 64, 8), (128, 256, 128, 4),
 )
 SPLITS = (2, 4)  # split-K candidates, for 64-row tiles of <= 64 tokens (larger partial tiles spilled)
 CHECK_TOL = 5e-3  # relative Frobenius error against the reference on the same codes (kernels.bench: fp8 5e-3)
@@ -463,7 +465,9 @@ def sweep(shapes: dict, ms: tuple[int, ...], bad: set, rep_ms: int, budget_s: fl
                   f"{r.get('best_us', nan):7.1f} x{r.get('ratio', 0):.3f} (triton x"
                   f"{r['triton_ratio']:.3f}) {r.get('best_cfg')} [{ok}/{len(configs)} ok]"
                   f" | op: triton {r.get('op_triton_us', nan):6.1f} gluon {r.get('op_gluon_us', nan):6.1f}"
-                  f" pdl {r.get('op_gluon_pdl_us', nan):6.1f} (err {r.get('op_gluon_pdl_rel_err', nan):.1e})",
+                  f" pdl {r.get('op_gluon_pdl_us', nan):6.1f} (err {r.get('op_gluon_pdl_rel_err', nan):.1e})"
+                  f" cuBLASLt {r.get('op_cublaslt_us', nan):6.1f} | eager: gluon {r.get('op_eager_gluon_us', nan):6.1f}"
+                  f" without {r.get('op_eager_without_us', nan):6.1f}",
                   flush=True)
             write()
     return rows
@@ -472,12 +476,15 @@ def sweep(shapes: dict, ms: tuple[int, ...], bad: set, rep_ms: int, budget_s: fl
 def _time_op(r: dict, x, xq, xs, nw, mode, cfg, out, ref, rep_ms: int) -> None:
     """The op's FP8 path at this M, a launch that quantizes x and then the GEMM, as the dispatcher would
     run it: the Triton GEMM after ``act_quant`` (or with the quantization fused, as its config says),
+    cuBLASLt's after ``act_quant`` (the eager path from ``LARGE_M_THRESHOLD``, where torch takes the shape),
     and the best Gluon config after ``act_quant``, launched plainly and with PDL. The PDL pair is first
     checked with x's codes and scales poisoned, so a GEMM that read them before the quantization
     finished fails (``op_gluon_pdl_rel_err``)."""
+    from kernels import cublaslt_fp8
     from kernels.bench import graphed, rel_err
     from kernels.gluon_check import bench_us
     from kernels.triton_fp8 import act_quant, nested_fp8_gemm
+    from kernels.tuning import FP8_PDL_CHOICE_FROM_M
 
     def gluon_op(pdl: bool):
         return lambda: (act_quant(x, mode, (xq, xs)), _run(xq, xs, nw, mode, r["best_cfg"], out=out, pdl=pdl))
@@ -495,6 +502,28 @@ def _time_op(r: dict, x, xq, xs, nw, mode, cfg, out, ref, rep_ms: int) -> None:
         r["op_gluon_pdl_us"] = bench_us(gluon_op(True), rep_ms)
         r["op_ratio"] = r["cublas_us"] / r["op_gluon_pdl_us"]
         r["op_triton_ratio"] = r["cublas_us"] / r["op_triton_us"]
+    if "cublaslt_fp8_us" in r:  # torch took the shape (sweep)
+        r["op_cublaslt_us"] = bench_us(lambda: (act_quant(x, mode, (xq, xs)), cublaslt_fp8.scaled_mm_into(
+            xq, xs, nw.upper, nw.scale_exp, None, out)), rep_ms)
+    if "op_gluon_us" in r and r["m"] >= FP8_PDL_CHOICE_FROM_M:
+        _time_eager_op(r, x, nw, mode)
+
+
+def _time_eager_op(r: dict, x, nw, mode) -> None:
+    """The op as an eager call runs it (``nested_linear_cuda``, host pick: the host enqueues every launch,
+    allocates x's codes, encodes their TMA descriptor), with this row's best Gluon config (PDL or not, as
+    its graph timings chose) and without one (the Triton kernel, or from ``LARGE_M_THRESHOLD`` cuBLASLt).
+    Why: past the largest CUDA-graph capture vLLM runs layers eagerly, and where the GPU work is short the
+    host's enqueue sets the time (8B.o at M = 1024: 65.7 us eager against 35.9 us in a graph: "Kernels v16")."""
+    from unittest import mock
+
+    from kernels import triton_dispatch
+    from kernels.bench import bench
+
+    cfg = (*r["best_cfg"], int(r["op_gluon_pdl_us"] < r["op_gluon_us"]))
+    for key, g8 in (("op_eager_gluon_us", cfg), ("op_eager_without_us", None)):
+        with mock.patch.object(triton_dispatch, "use_gluon_fp8", lambda x2d, upper, g8=g8: g8):
+            r[key] = bench(lambda: triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp))
 
 
 def _geomeans(rows: list[dict]) -> dict:

@@ -33,12 +33,16 @@ Triton kernel (docs/BENCHMARKS.md, "Kernels v3" and "v6"); in FP8 mode it quanti
 as the Triton kernel does. ``NESTEDFP_GLUON=0`` turns it off.
 
 FP8 mode's GEMM is the Gluon kernel of ``kernels.gluon_fp8`` wherever its H200 table has a config
-(``use_gluon_fp8``: M <= 256). It takes x from ``act_quant``, and both are programmatic dependent launches
+(``use_gluon_fp8``): up to M = 256, where it beat the Triton FP8 kernel, and from 512 up to 8192 on the
+shapes where it beat the path that runs without it (the Triton kernel below ``LARGE_M_THRESHOLD``,
+cuBLASLt's from there: ``fp8_on_cublaslt`` gives way to the table; docs/BENCHMARKS.md, "Kernels v16").
+It takes x from ``act_quant``, and both are programmatic dependent launches
 (PDL) of the launch before: on the device, the FP16 launch (which then quantizes nothing), ``act_quant``
 (it reads only x, so it runs during the FP16 launch), then the GEMM, whose weight prefetch overlaps the
 quantization; on the host, ``act_quant`` then the GEMM. Each PDL launch waits for the one before it ends,
 so stream order holds for whatever follows. In a graph that is three launches in FP16 mode, two of them
-idle and overlapped (the engine's FP16 throughput did not move: docs/BENCHMARKS.md, "Engine v7").
+idle and overlapped (the engine's FP16 throughput did not move: docs/BENCHMARKS.md, "Engine v7"). From
+M = 512 the table says per entry whether the GEMM is a PDL launch at all (``tuning.fp8_pdl``).
 ``NESTEDFP_GLUON_FP8=0`` / ``NESTEDFP_PDL=0`` turn the kernel / the dependent launches off.
 
 On the device pick, where the two Gluon configs pair (``gluon_dual.pairable``: the same weight rows and
@@ -70,6 +74,7 @@ from kernels.triton_merge import merge_weight
 from kernels.tuning import (
     GluonFp8Config,
     GluonTile,
+    fp8_pdl,
     get_config,
     gluon_fp8_config,
     gluon_tile,
@@ -205,10 +210,11 @@ def fp16_on_cublas(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) 
 
 
 def fp8_on_cublaslt(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
-    """FP8 mode's GEMM is cuBLASLt's for this call, eager or captured (module docstring)."""
+    """FP8 mode's GEMM is cuBLASLt's for this call, eager or captured (module docstring): by M, unless the
+    Gluon FP8 table measured its kernel faster at this M."""
     m = x2d.shape[0]  # the M tests first: every eager FP8 call asks, and usable() costs more
     by_m = m >= LARGE_M_THRESHOLD or (m >= CUBLASLT_FP8_MIN_M and conditional(x2d))
-    return by_m and cublaslt_fp8.usable(x2d, upper)
+    return by_m and use_gluon_fp8(x2d, upper) is None and cublaslt_fp8.usable(x2d, upper)
 
 
 def _capture_conditional(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor,
@@ -260,7 +266,7 @@ def _fp8_gemm(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_
         return
     xq, xs = quant if quant is not None else act_quant(x2d, mode)
     gluon_fp8.nested_fp8_gemm_rs(xq, xs, upper, mode, scale_exp, bias, out, g8[:4], True, split_k=g8[4],
-                                 pdl=pdl and USE_PDL)
+                                 pdl=pdl and USE_PDL and fp8_pdl(g8))
 
 
 def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: torch.Tensor, scale_exp: int,

@@ -174,36 +174,105 @@ def merge_from(n: int, k: int) -> int | None:
     return _load(GLUON_TABLE_PATH, "merge_from").get(f"{n}x{k}")
 
 
-GluonFp8Config = tuple[int, int, int, int, int]  # block_w, block_t, block_k, stages, split_k
+# block_w, block_t, block_k, stages, split_k[, pdl]: pdl 1 / 0 launches the GEMM as a programmatic dependent of
+# the quantization or plainly; entries without it (M <= 256) launch with PDL (fp8_pdl).
+GluonFp8Config = tuple[int, ...]
+FP8_PDL_CHOICE_FROM_M = 512  # from here up the FP8 table records whether PDL or a plain launch ran the op faster
+FP8_LARGE_M_MARGIN = 0.02  # from FP8_PDL_CHOICE_FROM_M up, the Gluon op must beat each alternative by this much
+
+
+def fp8_pdl(cfg: GluonFp8Config) -> bool:
+    """Whether a Gluon FP8 table config launches its GEMM with PDL. Why it can be no: at large M the GEMM's
+    CTAs, launched early, hold every SM's registers while ``act_quant``'s thousands of programs still need
+    them; 8B.down at M = 512 took 66.9 us with PDL, 60.9 without (docs/BENCHMARKS.md, "Kernels v16")."""
+    return len(cfg) < 6 or bool(cfg[5])
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def gluon_fp8_config(n: int, k: int, m: int) -> GluonFp8Config | None:
     """The Gluon NestedFP8 config for (N, K): the entry of the smallest measured M >= m. None where
-    the table measured the Triton FP8 kernel faster, for shapes it lacks, and past its largest M (there
-    the Triton kernel, or cuBLASLt, stays: nothing was measured). Token tiles never wider than M needs."""
+    the table measured the op faster without it (the Triton FP8 kernel, or from ``LARGE_M_THRESHOLD`` up
+    cuBLASLt's), for shapes it lacks, and past its largest M (there the Triton kernel, or cuBLASLt, stays:
+    nothing was measured). Token tiles never wider than M needs."""
     entries = _load(GLUON_FP8_TABLE_PATH, "configs").get(f"{n}x{k}")
     entry = _measured_entry(entries, m, past_last=False) if entries else None
     return tuple(entry) if entry else None
 
 
-def write_gluon_fp8_table(sweep_json: str, out_path: str = str(GLUON_FP8_TABLE_PATH)) -> dict:
+def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUON_FP8_TABLE_PATH),
+                          update: bool = False) -> dict:
     """Per (N, K, M) of ``python -m kernels.gluon_fp8``'s JSON: its fastest checked config where the op's
-    FP8 path ran faster with it than with the Triton FP8 kernel (quantization launch + GEMM, the Gluon
-    GEMM launched with PDL: ``op_gluon_pdl_us`` vs ``op_triton_us``), else null."""
-    res = json.loads(Path(sweep_json).read_text())
-    configs: dict = {}
-    for r in res["rows"]:
-        if "op_gluon_pdl_us" in r:
-            win = r["op_gluon_pdl_us"] < r["op_triton_us"]
-            configs.setdefault(f"{r['n']}x{r['k']}", {})[str(r["m"])] = list(r["best_cfg"]) if win else None
-    return _write_table(out_path, sweep_json, res["meta"], "--gluon-fp8-table SWEEP_JSON", "configs", configs)
+    FP8 path (quantization launch + GEMM) ran faster with it than with what the dispatcher runs without it
+    at the M its entry covers (above the previous measured M, up to this one), else null:
+    - below ``FP8_PDL_CHOICE_FROM_M``: the Gluon GEMM with PDL (``op_gluon_pdl_us``) against the Triton FP8
+      kernel (``op_triton_us``);
+    - from there up: the faster of the Gluon GEMM with and without PDL (the entry's sixth element says which),
+      ``FP8_LARGE_M_MARGIN`` ahead of the Triton op where the entry covers M below ``LARGE_M_THRESHOLD``
+      (the host pick's Triton path), and of cuBLASLt's (``op_cublaslt_us``) where it reaches that M. There
+      the GEMM alone must also be no slower than cuBLASLt's (``best_us``, ``cublaslt_fp8_us``): vLLM calls it
+      on codes the layer before wrote (``linear_prequantized``), with no quantization to overlap. And the
+      eager op (``op_eager_gluon_us``, host pick, where the sweep timed it) must lead the eager op without
+      the entry (``op_eager_without_us``) by the same margin: where the GPU work is short, the host's enqueue
+      sets an eager call's time.
+    With several JSONs (repeated sweeps), an entry needs its win in each, and takes the first one's config.
+    ``update``: the table at ``out_path`` keeps its entries for the (N, K, M) these JSONs did not time."""
+    from kernels.triton_dispatch import LARGE_M_THRESHOLD  # imports this module
+
+    paths = [sweep_jsons] if isinstance(sweep_jsons, str) else list(sweep_jsons)
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    kept = json.loads(Path(out_path).read_text()) if update and Path(out_path).exists() else {}
+    old = kept.get("configs", {})
+
+    def covered(rows: list[dict]) -> dict[tuple[str, int], int]:
+        """Per (shape, M): the largest M below it that the sweep (or the kept table) measured, else 0."""
+        ms: dict[str, set[int]] = {}
+        for r in rows:
+            ms.setdefault(f"{r['n']}x{r['k']}", set()).add(r["m"])
+        for shape, entries in old.items():
+            ms.setdefault(shape, set()).update(int(m) for m in entries)
+        return {(shape, m): max((v for v in sorted(vs) if v < m), default=0) for shape, vs in ms.items() for m in vs}
+
+    def verdict(r: dict, prev: int) -> list | None:
+        if r["m"] < FP8_PDL_CHOICE_FROM_M:
+            return list(r["best_cfg"]) if r["op_gluon_pdl_us"] < r["op_triton_us"] else None
+        pdl = int(r["op_gluon_pdl_us"] < r["op_gluon_us"])
+        ours = min(r["op_gluon_pdl_us"], r["op_gluon_us"])
+        rivals = [r["op_triton_us"]] if prev + 1 < LARGE_M_THRESHOLD else []
+        if r["m"] >= LARGE_M_THRESHOLD and "op_cublaslt_us" in r:
+            rivals.append(r["op_cublaslt_us"])
+            if r["best_us"] > r["cublaslt_fp8_us"]:
+                return None
+        lead = 1 - FP8_LARGE_M_MARGIN
+        eager = "op_eager_gluon_us" not in r or r["op_eager_gluon_us"] < r["op_eager_without_us"] * lead
+        return [*r["best_cfg"], pdl] if eager and all(ours < t * lead for t in rivals) else None
+
+    verdicts: dict[tuple[str, int], list] = {}
+    for i, res in enumerate(runs):
+        prev = covered(res["rows"])
+        for r in res["rows"]:
+            key = (f"{r['n']}x{r['k']}", r["m"])
+            v = verdict(r, prev[key]) if "op_gluon_pdl_us" in r else None  # none: its PDL check failed
+            if i == 0 and "op_gluon_pdl_us" in r:  # the first sweep's rows without op timings are left out
+                verdicts[key] = v
+            elif v is None and key in verdicts:
+                verdicts[key] = None
+    configs = {shape: dict(entries) for shape, entries in old.items()}
+    for (shape, m), v in verdicts.items():
+        configs.setdefault(shape, {})[str(m)] = v
+    configs = {shape: dict(sorted(entries.items(), key=lambda e: int(e[0]))) for shape, entries in configs.items()}
+    source = ",".join(Path(p).name for p in paths)
+    if kept.get("source"):  # the kept entries' provenance stays on record
+        source = f"{kept['source']} ({kept.get('date', '?')}), then {source}"
+    return _write_table(out_path, source, runs[0]["meta"], "--gluon-fp8-table SWEEP_JSON[,SWEEP_JSON...]",
+                        "configs", configs)
 
 
 def _write_table(out_path: str, source: str, meta: dict, option: str, key: str, entries: dict, **extra) -> dict:
-    """A Gluon table with its provenance (the measuring run's file, device, date, Triton), one line per entry
-    (indent=1 would spread each list of numbers over several lines); ``extra``: more top-level keys."""
-    table = {"source": Path(source).name, "device": meta["device"], "date": meta["date"], "triton": meta["triton"],
+    """A Gluon table with its provenance (``source``: the measuring runs' file names; device, date, Triton), one
+    line per entry (indent=1 would spread each list of numbers over several lines); ``extra``: more top-level
+    keys."""
+    table = {"source": source, "device": meta["device"], "date": meta["date"], "triton": meta["triton"],
              "command": f"python -m kernels.tuning {option}", key: entries, **extra}
     text = re.sub(r"\[[\d,\s]+\]", lambda mt: json.dumps(json.loads(mt.group())), json.dumps(table, indent=1))
     Path(out_path).write_text(text + "\n")
@@ -247,7 +316,7 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
             merged = {**entries, **tiles.get(shape, {})}
             tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
         merge = {**old.get("merge_from", {}), **merge}
-    return _write_table(out_path, check_json, res["meta"], option, "tiles", tiles, merge_from=merge)
+    return _write_table(out_path, Path(check_json).name, res["meta"], option, "tiles", tiles, merge_from=merge)
 
 
 def _incumbent_holds(row: dict, incumbent: list | None) -> bool:
@@ -452,16 +521,17 @@ if __name__ == "__main__":
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--update", action="store_true",
                     help="start from the committed table: replace only the swept (shape, M bucket) entries "
-                         "(--sweep, --gluon-table)")
+                         "(--sweep, --gluon-table, --gluon-fp8-table)")
     ap.add_argument("--gluon-table", default=None, metavar="CHECK_JSON",
                     help="write gluon_tiles_h200.json from a kernels.gluon_check result")
-    ap.add_argument("--gluon-fp8-table", default=None, metavar="SWEEP_JSON",
-                    help="write gluon_fp8_tiles_h200.json from a python -m kernels.gluon_fp8 result")
+    ap.add_argument("--gluon-fp8-table", default=None, metavar="SWEEP_JSON[,SWEEP_JSON...]",
+                    help="write gluon_fp8_tiles_h200.json from python -m kernels.gluon_fp8 results (repeated "
+                         "sweeps: an entry must win in each)")
     args = ap.parse_args()
     if args.gluon_table:
         write_gluon_table(args.gluon_table, update=args.update)
     if args.gluon_fp8_table:
-        write_gluon_fp8_table(args.gluon_fp8_table)
+        write_gluon_fp8_table(args.gluon_fp8_table.split(","), update=args.update)
     if args.sweep:
         sweep(args.out, {s: LLAMA_SHAPES[s] for s in args.shapes.split(",")}, tuple(map(int, args.ms.split(","))),
               base=json.loads(TABLE_PATH.read_text()) if args.update else None, kinds=tuple(args.kinds.split(",")))

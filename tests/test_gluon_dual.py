@@ -42,6 +42,8 @@ def test_pairs_need_the_same_weight_rows_the_same_grid_and_no_stream_k():
     assert not D.pairable((64, 64, 128, 5, 0), (64, 64, 256, 5, 1), 64)  # stream-K divides by the grid
     assert not D.pairable(None, (64, 16, 256, 5, 1), 1)
     assert not D.pairable((64, 16, 128, 5), None, 1)
+    assert D.pairable((128, 256, 64, 4), (128, 256, 128, 4, 1), 256)
+    assert not D.pairable((128, 256, 64, 4), (128, 256, 128, 4, 1, 1), 512)  # past the M it was measured at
 
 
 def _recorded(monkeypatch, tile16, cfg8):

@@ -93,7 +93,8 @@ def test_table_lookup_takes_the_next_measured_m_caps_the_token_tile_and_stops_pa
     nxt = entries["128"]
     assert tuning.gluon_fp8_config(6144, 4096, 65) == (nxt[0], 128, *nxt[2:])  # the next measured M up
     assert tuning.gluon_fp8_config(6144, 4096, 17)[1] <= 32  # token tile capped at M's power of two
-    assert tuning.gluon_fp8_config(6144, 4096, 257) is None  # past the largest measured M: not measured
+    largest = max(int(m) for m in entries)
+    assert tuning.gluon_fp8_config(6144, 4096, largest + 1) is None  # past the largest measured M: not measured
     assert tuning.gluon_fp8_config(1000, 1000, 16) is None  # a shape the table lacks
 
 
@@ -102,7 +103,8 @@ def test_every_table_config_is_one_the_sweep_checked():
     assert table, "the committed H200 table"
     for shape, entries in table.items():
         for m, cfg in entries.items():
-            assert cfg is None or tuple(cfg) in G.check_configs(), (shape, m, cfg)
+            assert cfg is None or tuple(cfg[:5]) in G.check_configs(), (shape, m, cfg)
+            assert cfg is None or len(cfg) == (6 if int(m) >= tuning.FP8_PDL_CHOICE_FROM_M else 5), (shape, m, cfg)
 
 
 def test_table_writer_picks_gluon_only_where_the_op_path_ran_faster(tmp_path):
@@ -120,6 +122,57 @@ def test_table_writer_picks_gluon_only_where_the_op_path_ran_faster(tmp_path):
     table = tuning.write_gluon_fp8_table(str(src), str(out))
     assert table["configs"] == {"256x512": {"1": [64, 16, 256, 5, 1], "16": None}}
     assert json.loads(out.read_text())["configs"] == table["configs"]
+
+
+def _large_m_row(m: int, **ops) -> dict:
+    row = dict(shape="s", n=256, k=512, m=m, best_cfg=[128, 256, 128, 4, 1], best_us=80.0, cublaslt_fp8_us=80.0,
+               triton_fp8_us=90.0, op_triton_us=100.0, op_cublaslt_us=100.0, op_gluon_us=95.0, op_gluon_pdl_us=97.0)
+    return {**row, **ops}
+
+
+def _write_sweeps(tmp_path, *runs: list[dict]) -> list[str]:
+    import json
+
+    paths = []
+    for i, rows in enumerate(runs):
+        src = tmp_path / f"sweep{i}.json"
+        src.write_text(json.dumps(dict(meta=dict(device="H200", date=f"d{i}", triton="3.6.0"), rows=rows)))
+        paths.append(str(src))
+    return paths
+
+
+def test_table_writer_from_m_512_picks_pdl_or_plain_and_must_beat_what_runs_without_it(tmp_path):
+    """From 512 up an entry says whether its GEMM is a PDL launch, needs a 2% lead over the Triton op where it
+    covers M below LARGE_M_THRESHOLD and over cuBLASLt's op where it reaches it, the same lead in eager calls
+    where the sweep timed them, and a GEMM no slower than cuBLASLt's alone (vLLM calls it on given codes)."""
+    rows = [
+        _large_m_row(512),  # plain 95 beats Triton 100 by more than 2%: entry, plain
+        _large_m_row(1024, op_gluon_pdl_us=90.0),  # PDL faster, ahead of both rivals (covers 513..1024)
+        _large_m_row(2048, op_triton_us=50.0),  # Triton is no rival from 1025 up (the host pick runs cuBLASLt)
+        _large_m_row(4096, op_cublaslt_us=96.0),  # 95 against 96: within the margin
+        _large_m_row(8192, best_us=81.0),  # the op wins, but the GEMM alone is slower than cuBLASLt's
+        dict(_large_m_row(512), n=128, op_eager_gluon_us=60.0, op_eager_without_us=40.0),  # eager: the host's
+        dict(_large_m_row(512), n=64, op_eager_gluon_us=60.0, op_eager_without_us=70.0),  # eager lead too
+    ]
+    out = tmp_path / "table.json"
+    table = tuning.write_gluon_fp8_table(_write_sweeps(tmp_path, rows), str(out))
+    assert table["configs"] == {"256x512": {"512": [128, 256, 128, 4, 1, 0], "1024": [128, 256, 128, 4, 1, 1],
+                                           "2048": [128, 256, 128, 4, 1, 0], "4096": None, "8192": None},
+                                "128x512": {"512": None}, "64x512": {"512": [128, 256, 128, 4, 1, 0]}}
+
+
+def test_table_writer_with_repeated_sweeps_needs_each_to_agree_and_update_keeps_the_rest(tmp_path):
+    import json
+
+    out = tmp_path / "table.json"
+    out.write_text(json.dumps(dict(source="old.json", date="d", configs={"256x512": {"1": [64, 16, 256, 5, 1]},
+                                                                        "1x16": {"16": None}})))
+    first = [_large_m_row(512), _large_m_row(1024)]
+    second = [_large_m_row(512), _large_m_row(1024, op_gluon_us=99.0, op_gluon_pdl_us=99.0)]  # lost in the 2nd
+    table = tuning.write_gluon_fp8_table(_write_sweeps(tmp_path, first, second), str(out), update=True)
+    assert table["configs"] == {"256x512": {"1": [64, 16, 256, 5, 1], "512": [128, 256, 128, 4, 1, 0],
+                                           "1024": None}, "1x16": {"16": None}}
+    assert table["source"] == "old.json (d), then sweep0.json,sweep1.json"
 
 
 def _recorded_launches(monkeypatch, gluon8):
@@ -155,6 +208,27 @@ def test_dispatcher_launches_the_gluon_fp8_gemm_as_a_dependent_of_the_quantizati
     assert calls == {None: [("fp16", "no quant"), ("act_quant", "pdl"), gemm],
                      "fp8": [("act_quant", "plain"), gemm],
                      "fp16": [("fp16", "no quant")]}[pick]
+
+
+@pytest.mark.parametrize("pdl", [0, 1])
+def test_dispatcher_launches_a_large_m_gemm_as_its_table_entry_says(monkeypatch, pdl):
+    nw = nested_weights(256, 512, device="cpu")
+    x = torch.randn(16, 512).half()
+    calls = _recorded_launches(monkeypatch, (128, 16, 128, 4, 1, pdl))
+    triton_dispatch._launch(x, nw.upper, nw.lower, torch.ones(1, dtype=torch.int32), 0, None,
+                            torch.empty(16, 256).half(), "fp8")
+    assert calls == [("act_quant", "plain"), ("gluon_fp8", "pdl" if pdl else "plain", (128, 16, 128, 4), 1)]
+
+
+def test_cublaslt_gives_way_where_the_gluon_fp8_table_measured_its_kernel_faster(monkeypatch):
+    x = torch.empty(triton_dispatch.LARGE_M_THRESHOLD, 512).half()
+    upper = torch.empty(256, 512, dtype=torch.uint8)
+    monkeypatch.setattr(triton_dispatch.cublaslt_fp8, "usable", lambda x2d, up: True)
+    monkeypatch.setattr(triton_dispatch, "use_gluon_fp8", lambda x2d, up: None)
+    assert triton_dispatch.fp8_on_cublaslt(x, upper)
+    assert not triton_dispatch.fp8_on_cublaslt(x[:-1], upper)  # below LARGE_M_THRESHOLD
+    monkeypatch.setattr(triton_dispatch, "use_gluon_fp8", lambda x2d, up: (128, 256, 128, 4, 1, 1))
+    assert not triton_dispatch.fp8_on_cublaslt(x, upper)
 
 
 def test_dispatcher_keeps_the_triton_fp8_path_where_the_table_has_no_gluon_config(monkeypatch):
