@@ -189,7 +189,6 @@ def fp8_pdl(cfg: GluonFp8Config) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4096)
 def gluon_fp8_config(n: int, k: int, m: int) -> GluonFp8Config | None:
     """The Gluon NestedFP8 config for (N, K): the entry of the smallest measured M >= m. None where
     the table measured the op faster without it (the Triton FP8 kernel, or from ``LARGE_M_THRESHOLD`` up
@@ -231,7 +230,7 @@ def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUO
             ms.setdefault(f"{r['n']}x{r['k']}", set()).add(r["m"])
         for shape, entries in old.items():
             ms.setdefault(shape, set()).update(int(m) for m in entries)
-        return {(shape, m): max((v for v in sorted(vs) if v < m), default=0) for shape, vs in ms.items() for m in vs}
+        return {(shape, m): max((v for v in vs if v < m), default=0) for shape, vs in ms.items() for m in vs}
 
     def verdict(r: dict, prev: int) -> list | None:
         if r["m"] < FP8_PDL_CHOICE_FROM_M:
@@ -257,10 +256,10 @@ def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUO
                 verdicts[key] = v
             elif v is None and key in verdicts:
                 verdicts[key] = None
-    configs = {shape: dict(entries) for shape, entries in old.items()}
+    configs: dict = {}
     for (shape, m), v in verdicts.items():
         configs.setdefault(shape, {})[str(m)] = v
-    configs = {shape: dict(sorted(entries.items(), key=lambda e: int(e[0]))) for shape, entries in configs.items()}
+    configs = _merge_entries(old, configs)
     source = ",".join(Path(p).name for p in paths)
     if kept.get("source"):  # the kept entries' provenance stays on record
         source = f"{kept['source']} ({kept.get('date', '?')}), then {source}"
@@ -312,11 +311,17 @@ def write_gluon_table(check_json: str, out_path: str = str(GLUON_TABLE_PATH), up
     option = "--gluon-table CHECK_JSON"
     if update:
         option += " --update"
-        for shape, entries in old.get("tiles", {}).items():
-            merged = {**entries, **tiles.get(shape, {})}
-            tiles[shape] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+        tiles = _merge_entries(old.get("tiles", {}), tiles)
         merge = {**old.get("merge_from", {}), **merge}
     return _write_table(out_path, Path(check_json).name, res["meta"], option, "tiles", tiles, merge_from=merge)
+
+
+def _merge_entries(old: dict, new: dict) -> dict:
+    """A table's per-shape entries by M (``--update``): ``new`` over ``old``, old (shape, M) entries kept where
+    ``new`` lacks them, each shape's entries in M order."""
+    shapes = {**old, **new}
+    return {shape: dict(sorted({**old.get(shape, {}), **new.get(shape, {})}.items(), key=lambda kv: int(kv[0])))
+            for shape in shapes}
 
 
 def _incumbent_holds(row: dict, incumbent: list | None) -> bool:
