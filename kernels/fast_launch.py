@@ -78,6 +78,11 @@ _TMA_MAX = 4096
 _stream = torch._C._cuda_getCurrentRawStream if torch.cuda.is_available() else None
 
 
+def current_raw_stream(device_index: int) -> int:
+    """The current CUDA stream of a device, as the launcher takes it (0 without CUDA)."""
+    return _stream(device_index) if _stream is not None else 0
+
+
 _RUNTIME = triton.knobs.runtime
 
 
@@ -135,15 +140,7 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
     """
     key = (id(kernel), num_warps, num_stages, pdl, spec, *consts.values())  # id: a JITFunction hashes slowly
     hit = _DIRECT.get(key)
-    if hit is not None and not _hooks_set():
-        if hit.desc_meta:
-            n = len(hit.desc_meta)
-            flat = [v for d, meta in zip(args, hit.desc_meta) for v in _encode(d, meta)]
-            flat.extend(args[n:])
-        else:
-            flat = args
-        hit.raw(grid, 1, 1, _stream(hit.device), hit.function, hit.cooperative, hit.pdl, None, None,
-                hit.packed_metadata, None, None, None, *flat, *hit.tail)
+    if hit is not None and run_direct(hit, grid, args):
         return
     call_args = tuple(a.descriptor() if isinstance(a, TmaArg) else a for a in args)
     opts = dict(launch_pdl=True) if pdl else {}
@@ -153,3 +150,27 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
         direct = _direct(kernel, ck, args, consts, first.device.index)
         if direct is not None:
             _DIRECT[key] = direct
+
+
+def direct_record(kernel, consts: dict, num_warps: int, num_stages: int, spec: tuple,
+                  pdl: bool = False) -> _Direct | None:
+    """The direct-launch record that ``launch`` made for these arguments (None before its first call, or
+    where the compiled kernel's internals differ): for callers that prepare a launch once and then only
+    ``run_direct`` it (``kernels.eager_fp8``)."""
+    return _DIRECT.get((id(kernel), num_warps, num_stages, pdl, spec, *consts.values()))
+
+
+def run_direct(hit: _Direct, grid: int, args: tuple) -> bool:
+    """Launches through the C launcher with a record of ``direct_record``; False (nothing launched) while a
+    launch hook (a profiler) is set, whose calls only Triton's own path makes."""
+    if _hooks_set():
+        return False
+    if hit.desc_meta:
+        n = len(hit.desc_meta)
+        flat = [v for d, meta in zip(args, hit.desc_meta) for v in _encode(d, meta)]
+        flat.extend(args[n:])
+    else:
+        flat = args
+    hit.raw(grid, 1, 1, _stream(hit.device), hit.function, hit.cooperative, hit.pdl, None, None,
+            hit.packed_metadata, None, None, None, *flat, *hit.tail)
+    return True

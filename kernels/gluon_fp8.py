@@ -257,13 +257,23 @@ def nested_fp8_gemm_rs(
     operands or tiles that cannot work.
     """
     m, n = xq.shape[0], upper.shape[0]
-    k = xq.shape[1]
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype or torch.float16, device=xq.device)
     if not checked:
         _check(xq, xs, upper, bias, out, tile, split_k)
     if m == 0:
         return out
+    launch(nested_fp8_rs_kernel, *gemm_launch(xq, xs, upper, mode, scale_exp, bias, out, tile, split_k, pdl))
+    return out
+
+
+def gemm_launch(xq: torch.Tensor, xs: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
+                bias: torch.Tensor | None, out: torch.Tensor, tile: tuple[int, ...], split_k: int,
+                pdl: bool) -> tuple:
+    """``nested_fp8_gemm_rs``'s launch as ``fast_launch.launch`` takes it after the kernel: (grid, args,
+    constexprs, warps, stages, specialization, PDL). Shared with ``kernels.eager_fp8``, which prepares it once
+    per shape."""
+    (m, k), n = xq.shape, upper.shape[0]
     block_w, block_t, block_k, stages = tile
     tiles = cdiv(n, block_w) * cdiv(m, block_t)
     split_k, ws, sem = split_buffers(xq, tiles, split_k, block_w * block_t, out)
@@ -276,14 +286,10 @@ def nested_fp8_gemm_rs(
     spec = (out.dtype, None if bias is None else bias.dtype, out.data_ptr() & 15, xs.data_ptr() & 15,
             b.data_ptr() & 15, mode.data_ptr() & 15, ws.data_ptr() & 15, sem.data_ptr() & 15,
             n & 15, k & 15, so & 15, n == 1, so == 1)
-    launch(
-        nested_fp8_rs_kernel, tiles * split_k,
-        (*descs, out, xs, b, mode, ws, sem, m, n, k, so, 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)),
-        dict(HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, STAGES=stages,
-             GROUP=8, SPLIT_K=split_k, NUM_WARPS=num_warps, PDL=pdl),
-        num_warps, 1, spec, pdl=pdl,
-    )
-    return out
+    w_scale = 2.0 ** (FP8_WEIGHT_SCALE_EXP + scale_exp)
+    return (tiles * split_k, (*descs, out, xs, b, mode, ws, sem, m, n, k, so, w_scale),
+            dict(HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, STAGES=stages,
+                 GROUP=8, SPLIT_K=split_k, NUM_WARPS=num_warps, PDL=pdl), num_warps, 1, spec, pdl)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import cublaslt_fp8, cuda_conditional, gluon_common, gluon_dual, gluon_fp8, gluon_fp16
+from kernels import (cublaslt_fp8, cuda_conditional, eager_fp8, gluon_common, gluon_dual, gluon_fp8, gluon_fp16,
+                     split_k)
 from kernels.fast_launch import cdiv
 from kernels.mode_state import host_mode
 from kernels.triton_fp8 import _check_operands, act_quant, nested_fp8_gemm
@@ -136,7 +137,20 @@ def nested_linear_cuda(
     ``TRITON_INTERPRET=1`` (the CPU tests). Eager calls take the mode from its host mirror
     (module docstring), so flip modes with ``set_host_mode``, never by writing the tensor.
     """
+    if HOST_PICK:  # an eager FP8 call prepared before (kernels.eager_fp8), if its picks still hold
+        plan = eager_fp8.lookup(x, upper, mode, scale_exp, bias)
+        if plan is not None and plan.picks == _fp8_picks(x, upper):
+            out = eager_fp8.run(plan, x, upper, mode, bias)
+            if out is not None:
+                return out
     return nested_linear_picked(x, upper, lower, mode, scale_exp, bias, HOST_PICK)
+
+
+def _fp8_picks(x2d: torch.Tensor, upper: torch.Tensor) -> tuple:
+    """What an eager FP8 call's launches depend on beyond its operands: the Gluon FP8 config (None: not that
+    path), whether cuBLASLt takes the call, PDL and split-K being on. ``eager_fp8`` plans keep these."""
+    return (use_gluon_fp8(x2d, upper), x2d.shape[0] >= LARGE_M_THRESHOLD or fp8_on_cublaslt(x2d, upper), USE_PDL,
+            split_k.ENABLED)
 
 
 def nested_linear_prequantized_cuda(
@@ -277,7 +291,10 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
     m, k = x2d.shape
     n = upper.shape[0]
     if name == "fp8":  # on given codes a plain launch: the kernel before is the caller's
-        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, given, use_gluon_fp8(x2d, upper), pdl=given is None)
+        g8 = use_gluon_fp8(x2d, upper)
+        _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, given, g8, pdl=given is None)
+        if g8 is not None and given is None and x2d.is_cuda:  # what later eager calls like it reuse
+            eager_fp8.record(x2d, upper, mode, scale_exp, bias, g8, USE_PDL and fp8_pdl(g8), _fp8_picks(x2d, upper))
         return
     tile = use_gluon(x2d, upper, lower)
     cfg16 = None if tile else get_config("fp16", n, k, m)

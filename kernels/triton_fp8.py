@@ -266,21 +266,29 @@ def act_quant(x2d: torch.Tensor, mode: torch.Tensor, out: tuple[torch.Tensor, to
     q, s = out if out is not None else (torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device),
                                         torch.empty((m,), dtype=torch.float32, device=x2d.device))
     if m:
-        sx = x2d.stride(0)
-        one_pass = k <= ONE_PASS_MAX_K or (k <= ONE_PASS_LONG_MAX_K and m <= ONE_PASS_LONG_MAX_M)
-        if one_pass:
-            qblock = max(1024, 1 << (k - 1).bit_length())
-            warps = max(4, min(16, qblock // 512))
-        else:  # 8 values a thread per step (the fastest of the H200's two-pass variants: "act_quant v2")
-            qblock = 2048 if k <= 16384 else 4096
-            warps = qblock // 256
-        gdc = has_gdc(x2d)
-        pdl = pdl and gdc
-        launch(act_quant_kernel, m, (x2d, q, s, mode, m, k, sx),
-               dict(QBLOCK=qblock, ONE_PASS=one_pass, FAST_DIV=one_pass and qblock > FAST_DIV_FROM,
-                    INTERPRET=not x2d.is_cuda, GDC=gdc, PDL=pdl), warps, 1,
-               (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1), pdl=pdl)
+        launch(act_quant_kernel, *act_quant_launch(x2d, q, s, mode, pdl))
     return q, s
+
+
+def act_quant_launch(x2d: torch.Tensor, q: torch.Tensor, s: torch.Tensor, mode: torch.Tensor,
+                     pdl: bool = False) -> tuple:
+    """``act_quant``'s launch as ``fast_launch.launch`` takes it after the kernel: (grid, args, constexprs, warps,
+    stages, specialization, PDL). Shared with ``kernels.eager_fp8``, which prepares it once per shape."""
+    m, k = x2d.shape
+    sx = x2d.stride(0)
+    one_pass = k <= ONE_PASS_MAX_K or (k <= ONE_PASS_LONG_MAX_K and m <= ONE_PASS_LONG_MAX_M)
+    if one_pass:
+        qblock = max(1024, 1 << (k - 1).bit_length())
+        warps = max(4, min(16, qblock // 512))
+    else:  # 8 values a thread per step (the fastest of the H200's two-pass variants: "act_quant v2")
+        qblock = 2048 if k <= 16384 else 4096
+        warps = qblock // 256
+    gdc = has_gdc(x2d)
+    pdl = pdl and gdc
+    return (m, (x2d, q, s, mode, m, k, sx),
+            dict(QBLOCK=qblock, ONE_PASS=one_pass, FAST_DIV=one_pass and qblock > FAST_DIV_FROM,
+                 INTERPRET=not x2d.is_cuda, GDC=gdc, PDL=pdl), warps, 1,
+            (x2d.dtype, x2d.data_ptr() & 15, k & 15, sx & 15, k == 1), pdl)
 
 
 def nested_fp8_gemm(
