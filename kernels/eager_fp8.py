@@ -8,8 +8,8 @@ specializations, the weight's TMA descriptor, the launch records.
 
 So the first such call of a (layer, M) takes the dispatcher's path, and ``record`` keeps what it launched. Later
 calls look it up (``lookup``) by what decides it (x's shape, dtype, strides and alignment; the plane; the mode
-tensor; the pre-scale; the bias), allocate the codes, scales and output, and launch the same two kernels with the
-same arguments through ``fast_launch.run_direct`` (``run``). They are taken only when the host mirror says FP8,
+tensor; the pre-scale; the bias), take x's codes and scales from one buffer per stream, allocate the output, and
+launch the same two kernels with the same arguments through ``fast_launch.run_direct`` (``run``). They are taken only when the host mirror says FP8,
 outside CUDA-graph captures, while no launch hook (profiler) is set and while the dispatcher's picks are those
 the plan was made under (its tables' config, PDL, split-K: ``triton_dispatch`` checks); any other call takes the
 dispatcher's path. ``NESTEDFP_EAGER_PLANS=0`` turns the plans off.
