@@ -123,12 +123,19 @@ def test_planned_calls_write_the_bits_of_the_dispatchers_path(shape, m, dtype, w
     assert rel_err(planned, nested_linear(x, nw, "fp8", b)) < tol
 
 
-@needs_hopper
-def test_planned_calls_follow_mode_flips_and_step_aside_in_captures():
-    nw, x, _ = _case("8B.o", 16, torch.float16, False)
+def _planned(shape: str, m: int):
+    """A layer, x and an FP8 mode tensor after two eager calls (the second recorded a plan), and their output."""
+    nw, x, _ = _case(shape, m, torch.float16, False)
     mode = new_mode_tensor("cuda", "fp8")
     for _ in range(2):
-        fp8 = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
+        y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
+    assert eager_fp8._PLANS
+    return nw, x, mode, y
+
+
+@needs_hopper
+def test_planned_calls_follow_mode_flips_and_step_aside_in_captures():
+    nw, x, mode, fp8 = _planned("8B.o", 16)
     set_host_mode(mode, "fp16")
     assert rel_err(triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0), nested_linear(x, nw, "fp16")) \
         < 1e-3
@@ -148,11 +155,7 @@ def test_planned_calls_follow_mode_flips_and_step_aside_in_captures():
 def test_a_launch_hook_sees_every_launch_of_a_planned_call():
     import triton
 
-    nw, x, _ = _case("8B.o", 1, torch.float16, False)
-    mode = new_mode_tensor("cuda", "fp8")
-    for _ in range(2):
-        expected = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, 0)
-    assert eager_fp8._PLANS
+    nw, x, mode, expected = _planned("8B.o", 1)
     seen = []
     runtime = triton.knobs.runtime
     old = runtime.launch_enter_hook
