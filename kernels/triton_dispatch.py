@@ -149,8 +149,7 @@ def nested_linear_cuda(
 def _fp8_picks(x2d: torch.Tensor, upper: torch.Tensor) -> tuple:
     """What an eager FP8 call's launches depend on beyond its operands: the Gluon FP8 config (None: not that
     path), whether cuBLASLt takes the call, PDL and split-K being on. ``eager_fp8`` plans keep these."""
-    return (use_gluon_fp8(x2d, upper), x2d.shape[0] >= LARGE_M_THRESHOLD or fp8_on_cublaslt(x2d, upper), USE_PDL,
-            split_k.ENABLED)
+    return use_gluon_fp8(x2d, upper), fp8_on_cublaslt(x2d, upper), USE_PDL, split_k.ENABLED
 
 
 def nested_linear_prequantized_cuda(
