@@ -40,7 +40,9 @@ def usable(x2d: torch.Tensor, upper: torch.Tensor) -> bool:
             and _shape_class(x2d, upper) not in _refused)
 
 
-def _weight_scale(upper: torch.Tensor, scale_exp: int) -> torch.Tensor:
+def weight_scale(upper: torch.Tensor, scale_exp: int) -> torch.Tensor:
+    """The [1, N] fp32 weight scale 2**(-8 + scale_exp) that ``torch._scaled_mm`` takes, one per (device, N,
+    pre-scale)."""
     key = (upper.device, upper.shape[0], scale_exp)
     ws = _weight_scales.get(key)
     if ws is None:
@@ -56,7 +58,7 @@ def scaled_mm_into(q: torch.Tensor, s: torch.Tensor, upper: torch.Tensor, scale_
     Also what a captured conditional node's FP8 branch runs (``triton_dispatch``), so it allocates nothing
     but cuBLASLt's own workspace.
     """
-    torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=_weight_scale(upper, scale_exp),
+    torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=weight_scale(upper, scale_exp),
                      out_dtype=out.dtype, out=out)
     if bias is not None:
         out.add_(bias)

@@ -1,18 +1,21 @@
-"""Eager FP8 calls at decode sizes, prepared once per layer and shape.
+"""Eager FP8 calls, prepared once per layer and M.
 
-Why: an eager call of the op in FP8 mode below ``LARGE_M_THRESHOLD`` enqueues ``act_quant`` and the Gluon FP8
-GEMM. On the H200 boxes its Python took 50-83 us against 13-30 us of GPU work at M <= 64, so eager do_bench rows
-timed the host about half the time (docs/BENCHMARKS.md, "Kernels v16" and its re-run). Most of that Python
-re-derives, on every call, what is the same for every call of a layer at one M: tiles, constexprs,
-specializations, the weight's TMA descriptor, the launch records.
+Why: an eager call of the op in FP8 mode enqueues ``act_quant`` and a GEMM (the Gluon FP8 kernel below
+``LARGE_M_THRESHOLD`` where its table says, cuBLASLt's from there). On the H200 boxes its Python took 50-83 us
+against 13-30 us of GPU work at M <= 64, so eager do_bench rows timed the host about half the time
+(docs/BENCHMARKS.md, "Kernels v16" and its re-run); on a slow host the cuBLASLt path at M = 1024 did too
+("Kernels v18"). Most of that Python re-derives, on every call, what is the same for every call of a layer at
+one M: tiles, constexprs, specializations, the weight's TMA descriptor, the launch records.
 
-So the first such call of a (layer, M) takes the dispatcher's path, and ``record`` keeps what it launched. Later
-calls look it up (``lookup``) by what decides it (x's shape, dtype, strides and alignment; the plane; the mode
-tensor; the pre-scale; the bias), take x's codes and scales from one buffer per stream, allocate the output, and
-launch the same two kernels with the same arguments through ``fast_launch.run_direct`` (``run``). They are taken only when the host mirror says FP8,
-outside CUDA-graph captures, while no launch hook (profiler) is set and while the dispatcher's picks are those
-the plan was made under (its tables' config, PDL, split-K: ``triton_dispatch`` checks); any other call takes the
-dispatcher's path. ``NESTEDFP_EAGER_PLANS=0`` turns the plans off.
+So the first such call of a (layer, M) takes the dispatcher's path, and ``record`` (Gluon) or ``record_cublaslt``
+(up to ``LT_MAX_M``) keeps what it ran. Later calls look it up (``lookup``) by what decides it (x's shape, dtype,
+strides and alignment; the plane; the mode tensor; the pre-scale; the bias), take x's codes and scales from one
+buffer per stream, allocate the output, and run the same kernels with the same arguments (``run``): both launches
+through ``fast_launch.run_direct``, or the quantization's and then ``torch._scaled_mm``. They are taken only when
+the host mirror says FP8, outside CUDA-graph captures, while no launch hook (profiler) is set and while the
+dispatcher's picks are those the plan was made under (the FP8 table's config, cuBLASLt, PDL, split-K:
+``triton_dispatch`` checks); any other call takes the dispatcher's path. ``NESTEDFP_EAGER_PLANS=0`` turns the plans
+off.
 """
 
 from __future__ import annotations
@@ -52,7 +55,24 @@ class Plan(NamedTuple):
     picks: tuple  # the dispatcher's picks it was made under (``triton_dispatch``): a plan serves only those
 
 
-_PLANS: dict[tuple, Plan] = {}
+class LtPlan(NamedTuple):
+    """One layer's eager FP8 call at one M on cuBLASLt (from ``LARGE_M_THRESHOLD``): the quantization's record,
+    then ``torch._scaled_mm`` on the plane as stored (``kernels.cublaslt_fp8``)."""
+
+    quant: object  # fast_launch's record of act_quant's launch
+    m: int
+    n: int
+    k: int
+    sx: int
+    dtype: torch.dtype
+    device: torch.device
+    w_scale: torch.Tensor  # [1, N] fp32, cublaslt_fp8's per-layer-shape weight scale
+    picks: tuple
+
+
+LT_MAX_M = 2048  # cuBLASLt calls are prepared up to this M: past it the GPU work outlasts the host's several times
+
+_PLANS: dict[tuple, Plan | LtPlan] = {}
 
 
 def _key(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
@@ -75,11 +95,8 @@ def record(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp
         return
     m, k = x2d.shape
     n = upper.shape[0]
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
-    s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
+    q, s, quant = _quant_record(x2d, mode)
     out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
-    _, _, consts, warps, stages, spec, quant_pdl = act_quant_launch(x2d, q, s, mode)
-    quant = direct_record(act_quant_kernel, consts, warps, stages, spec, quant_pdl)
     grid, args, consts, warps, stages, spec, pdl = gluon_fp8.gemm_launch(q, s, upper, mode, scale_exp, bias, out,
                                                                          cfg[:4], cfg[4], pdl)
     gemm = direct_record(gluon_fp8.nested_fp8_rs_kernel, consts, warps, stages, spec, pdl)
@@ -92,13 +109,40 @@ def record(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp
                        tuple(w_desc[1:]), ws, sem, w_scale, picks)
 
 
+def record_cublaslt(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
+                    bias: torch.Tensor | None, w_scale: torch.Tensor, picks: tuple) -> None:
+    """Keeps what the dispatcher just ran for this eager FP8 call on cuBLASLt (``act_quant``, a plain launch, then
+    ``torch._scaled_mm`` with the weight scale ``w_scale``), up to ``LT_MAX_M``."""
+    if not ENABLED or x2d.shape[0] > LT_MAX_M:
+        return
+    key = _key(x2d, upper, mode, scale_exp, bias)
+    if key in _PLANS:
+        return
+    quant = _quant_record(x2d, mode)[2]
+    if quant is None:
+        return
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    m, k = x2d.shape
+    _PLANS[key] = LtPlan(quant, m, upper.shape[0], k, x2d.stride(0), x2d.dtype, x2d.device, w_scale, picks)
+
+
+def _quant_record(x2d: torch.Tensor, mode: torch.Tensor) -> tuple:
+    """(codes, scales, act_quant's launch record or None) for x2d: what both kinds of plan launch first."""
+    m, k = x2d.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x2d.device)
+    _, _, consts, warps, stages, spec, pdl = act_quant_launch(x2d, q, s, mode)
+    return q, s, direct_record(act_quant_kernel, consts, warps, stages, spec, pdl)
+
+
 def _capturing(x: torch.Tensor) -> bool:
     """A CUDA-graph capture is under way on x's stream: its calls take the device pick."""
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def lookup(x: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
-           bias: torch.Tensor | None) -> Plan | None:
+           bias: torch.Tensor | None) -> Plan | LtPlan | None:
     """The plan of this call if one was recorded and the call is eager in FP8 mode by the host mirror; the caller
     checks that its picks still hold (``Plan.picks``)."""
     if not _PLANS or x.dim() != 2:
@@ -115,8 +159,9 @@ def lookup(x: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: 
 _WORK: dict[tuple[int, int], tuple[torch.Tensor, dict]] = {}
 
 
-def _codes(device: torch.device, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x's codes and scales for a planned call, in the stream's buffer: two allocations fewer per call."""
+def _codes(device: torch.device, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x's codes and scales (also as an [M, 1] column) for a planned call, in the stream's buffer: two allocations
+    fewer per call."""
     where = (device.index, _raw_stream(device.index) if device.type == "cuda" else 0)
     buf, views = _WORK.get(where, (None, None))
     got = views.get((m, k)) if views is not None else None
@@ -129,7 +174,8 @@ def _codes(device: torch.device, m: int, k: int) -> tuple[torch.Tensor, torch.Te
                           device=device)
         views = {}
         _WORK[where] = (buf, views)
-    got = views[(m, k)] = (buf[: m * k].view(torch.float8_e4m3fn).view(m, k), buf[off: off + 4 * m].view(torch.float32))
+    s = buf[off: off + 4 * m].view(torch.float32)
+    got = views[(m, k)] = (buf[: m * k].view(torch.float8_e4m3fn).view(m, k), s, s.view(m, 1))
     return got
 
 
@@ -137,10 +183,15 @@ def run(p: Plan, x: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor,
         bias: torch.Tensor | None) -> torch.Tensor | None:
     """The op's output for the call ``lookup`` found ``p`` for, or None (nothing launched) while a launch hook is
     set: then the dispatcher's path makes the launches, through Triton's, which the hook sees."""
-    q, s = _codes(p.device, p.m, p.k)
+    q, s, s_col = _codes(p.device, p.m, p.k)
     out = torch.empty((p.m, p.n), dtype=p.dtype, device=p.device)
     if not run_direct(p.quant, p.m, (x, q, s, mode, p.m, p.k, p.sx)):
         return None
+    if type(p) is LtPlan:  # as cublaslt_fp8.scaled_mm_into
+        torch._scaled_mm(q, upper.t(), scale_a=s_col, scale_b=p.w_scale, out_dtype=p.dtype, out=out)
+        if bias is not None:
+            out.add_(bias)
+        return out
     run_direct(p.gemm, p.grid, (TmaArg(q, *p.q_desc), TmaArg(upper, *p.w_desc), out, s,
                                 out if bias is None else bias, mode, p.ws, p.sem, p.m, p.n, p.k, p.n, p.w_scale))
     return out

@@ -196,6 +196,9 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
         out = F.linear(x2d, merge_weight(upper, lower, scale_exp, x2d.dtype), bias)
     elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
         out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias, quant)  # None if torch refused
+        if out is not None and quant is None:  # what later eager calls like it reuse
+            eager_fp8.record_cublaslt(x2d, upper, mode, scale_exp, bias, cublaslt_fp8.weight_scale(upper, scale_exp),
+                                      _fp8_picks(x2d, upper))
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         if m and not eager and conditional(x2d):

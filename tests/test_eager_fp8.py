@@ -3,8 +3,9 @@ dispatcher made for the first, and only where the dispatcher would make them.
 
 On the CPU (CI): the dispatcher takes a plan only when its picks still hold, and falls back otherwise; a plan is
 found only for an eager call in FP8 mode on 2-D x; ``run_direct`` launches nothing while a launch hook is set.
-On an H200: planned calls write the bits of the dispatcher's path (table shapes, bias, bf16, split-K configs),
-follow mode flips, step aside for a profiler's hook and inside CUDA-graph captures.
+On an H200: planned calls write the bits of the dispatcher's path (table shapes, bias, bf16, split-K configs; on
+cuBLASLt from M = 1024), follow mode flips, step aside for a profiler's hook, inside CUDA-graph captures and when
+a pick changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from unittest import mock
 import pytest
 import torch
 
-from kernels import eager_fp8, fast_launch, gluon_common, nested_linear, nested_split, triton_dispatch
+from kernels import cublaslt_fp8, eager_fp8, fast_launch, gluon_common, nested_linear, nested_split, triton_dispatch
 from kernels.ops import new_mode_tensor, set_host_mode
 from kernels.tuning import gluon_fp8_config
 from tests.kernel_helpers import rel_err
@@ -79,13 +80,14 @@ def test_run_direct_launches_nothing_while_a_launch_hook_is_set():
 
 def test_codes_share_one_aligned_buffer_per_stream_and_grow_as_needed():
     cpu = torch.device("cpu")
-    q, s = eager_fp8._codes(cpu, 3, 40)
+    q, s, s_col = eager_fp8._codes(cpu, 3, 40)
     assert q.shape == (3, 40) and q.dtype == torch.float8_e4m3fn and s.shape == (3,) and s.dtype == torch.float32
+    assert s_col.shape == (3, 1) and s_col.data_ptr() == s.data_ptr()
     assert (s.data_ptr() - q.data_ptr()) % 16 == 0 and s.data_ptr() >= q.data_ptr() + q.numel()  # no overlap
     assert eager_fp8._codes(cpu, 3, 40)[0] is q, "the views are kept"
-    q2, s2 = eager_fp8._codes(cpu, 64, 4096)  # larger: a new buffer
+    q2 = eager_fp8._codes(cpu, 64, 4096)[0]  # larger: a new buffer
     assert q2.untyped_storage().nbytes() >= 64 * 4096 + 4 * 64
-    q3, _ = eager_fp8._codes(cpu, 3, 40)
+    q3 = eager_fp8._codes(cpu, 3, 40)[0]
     assert q3.untyped_storage().data_ptr() == q2.untyped_storage().data_ptr(), "every view in the current buffer"
 
 
@@ -93,7 +95,7 @@ def test_codes_share_one_aligned_buffer_per_stream_and_grow_as_needed():
 
 needs_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and gluon_common.available(0)),
                                   reason="needs an sm_90 GPU with Gluon (the Gluon FP8 GEMM)")
-SHAPES = {"8B.o": (4096, 4096), "8B.down": (4096, 14336), "8B.gate_up": (28672, 4096)}
+SHAPES = {"8B.o": (4096, 4096), "8B.down": (4096, 14336), "8B.gate_up": (28672, 4096), "8B.qkv": (6144, 4096)}
 
 
 def _case(shape: str, m: int, dtype: torch.dtype, with_bias: bool):
@@ -186,3 +188,23 @@ def test_planned_calls_of_two_layers_back_to_back_share_the_codes_buffer_safely(
     torch.cuda.synchronize()
     for i, y in enumerate(got):
         assert torch.equal(y, expected[i % 2]), i
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,dtype,with_bias", [(1024, torch.float16, False), (1536, torch.bfloat16, True)])
+def test_planned_cublaslt_calls_write_the_bits_of_the_dispatchers_path(m, dtype, with_bias):
+    nw, x, b = _case("8B.qkv", m, dtype, with_bias)
+    assert triton_dispatch.fp8_on_cublaslt(x, nw.upper), "a cell cuBLASLt takes (no Gluon FP8 entry)"
+    mode = new_mode_tensor("cuda", "fp8")
+    slow = [triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp, b) for _ in range(2)]
+    assert [type(p) for p in eager_fp8._PLANS.values()] == [eager_fp8.LtPlan]
+    with mock.patch.object(triton_dispatch, "nested_linear_picked", side_effect=AssertionError("not planned")):
+        planned = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp, b)
+    assert torch.equal(planned, slow[1])
+    with mock.patch.object(cublaslt_fp8, "USE_CUBLASLT_FP8", False), \
+            mock.patch.object(triton_dispatch, "nested_linear_picked",
+                              wraps=triton_dispatch.nested_linear_picked) as dispatcher:
+        y = triton_dispatch.nested_linear_cuda(x, nw.upper, nw.lower, mode, nw.scale_exp, b)  # the Triton FP8 GEMM
+    dispatcher.assert_called_once()
+    tol = 1e-2 if dtype == torch.bfloat16 else 5e-3
+    assert rel_err(y, nested_linear(x, nw, "fp8", b)) < tol and rel_err(planned, nested_linear(x, nw, "fp8", b)) < tol
