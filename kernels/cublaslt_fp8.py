@@ -58,8 +58,14 @@ def scaled_mm_into(q: torch.Tensor, s: torch.Tensor, upper: torch.Tensor, scale_
     Also what a captured conditional node's FP8 branch runs (``triton_dispatch``), so it allocates nothing
     but cuBLASLt's own workspace.
     """
-    torch._scaled_mm(q, upper.t(), scale_a=s.view(-1, 1), scale_b=weight_scale(upper, scale_exp),
-                     out_dtype=out.dtype, out=out)
+    scaled_mm_out(q, s.view(-1, 1), upper, weight_scale(upper, scale_exp), bias, out)
+
+
+def scaled_mm_out(q: torch.Tensor, s_col: torch.Tensor, upper: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``scaled_mm_into`` with x's scales as an [M, 1] column and the weight scale (``weight_scale``) given: for
+    ``kernels.eager_fp8``, which keeps both per prepared call."""
+    torch._scaled_mm(q, upper.t(), scale_a=s_col, scale_b=w_scale, out_dtype=out.dtype, out=out)
     if bias is not None:
         out.add_(bias)
 

@@ -21,11 +21,12 @@ off.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from kernels import gluon_fp8
+from kernels import cublaslt_fp8, gluon_fp8
 from kernels.fast_launch import TmaArg, direct_record, run_direct
 from kernels.fast_launch import current_raw_stream as _raw_stream
 from kernels.mode_state import host_mode
@@ -84,14 +85,12 @@ def _key(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: 
 
 
 def record(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int, bias: torch.Tensor | None,
-           cfg: tuple[int, ...], pdl: bool, picks: tuple) -> None:
+           cfg: tuple[int, ...], pdl: bool, picks: Callable[[], tuple]) -> None:
     """Keeps the launches the dispatcher just made for this eager FP8 call: ``act_quant`` (a plain launch), then
-    the Gluon GEMM with config ``cfg`` (PDL as ``pdl`` says), under the dispatcher's ``picks``. Nothing is kept
-    until both were launched directly (from their second call on)."""
-    if not ENABLED:
-        return
-    key = _key(x2d, upper, mode, scale_exp, bias)
-    if key in _PLANS:
+    the Gluon GEMM with config ``cfg`` (PDL as ``pdl`` says), under the dispatcher's ``picks()`` (asked only when
+    a plan is kept). Nothing is kept until both were launched directly (from their second call on)."""
+    key = _new_key(x2d, upper, mode, scale_exp, bias)
+    if key is None:
         return
     m, k = x2d.shape
     n = upper.shape[0]
@@ -102,29 +101,39 @@ def record(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp
     gemm = direct_record(gluon_fp8.nested_fp8_rs_kernel, consts, warps, stages, spec, pdl)
     if quant is None or gemm is None:
         return
-    if len(_PLANS) >= MAX_PLANS:
-        _PLANS.clear()
     q_desc, w_desc, *_, ws, sem, _m, _n, _k, _so, w_scale = args
-    _PLANS[key] = Plan(quant, gemm, grid, m, n, k, x2d.stride(0), x2d.dtype, x2d.device, tuple(q_desc[1:]),
-                       tuple(w_desc[1:]), ws, sem, w_scale, picks)
+    _store(key, Plan(quant, gemm, grid, m, n, k, x2d.stride(0), x2d.dtype, x2d.device, tuple(q_desc[1:]),
+                     tuple(w_desc[1:]), ws, sem, w_scale, picks()))
 
 
 def record_cublaslt(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
-                    bias: torch.Tensor | None, w_scale: torch.Tensor, picks: tuple) -> None:
+                    bias: torch.Tensor | None, picks: Callable[[], tuple]) -> None:
     """Keeps what the dispatcher just ran for this eager FP8 call on cuBLASLt (``act_quant``, a plain launch, then
-    ``torch._scaled_mm`` with the weight scale ``w_scale``), up to ``LT_MAX_M``."""
-    if not ENABLED or x2d.shape[0] > LT_MAX_M:
-        return
-    key = _key(x2d, upper, mode, scale_exp, bias)
-    if key in _PLANS:
+    ``cublaslt_fp8.scaled_mm_into``), up to ``LT_MAX_M``, under the dispatcher's ``picks()``."""
+    key = _new_key(x2d, upper, mode, scale_exp, bias) if x2d.shape[0] <= LT_MAX_M else None
+    if key is None:
         return
     quant = _quant_record(x2d, mode)[2]
     if quant is None:
         return
+    m, k = x2d.shape
+    _store(key, LtPlan(quant, m, upper.shape[0], k, x2d.stride(0), x2d.dtype, x2d.device,
+                       cublaslt_fp8.weight_scale(upper, scale_exp), picks()))
+
+
+def _new_key(x2d: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: int,
+             bias: torch.Tensor | None) -> tuple | None:
+    """The call's key where plans are on and it has none yet, else None."""
+    if not ENABLED:
+        return None
+    key = _key(x2d, upper, mode, scale_exp, bias)
+    return None if key in _PLANS else key
+
+
+def _store(key: tuple, plan: Plan | LtPlan) -> None:
     if len(_PLANS) >= MAX_PLANS:
         _PLANS.clear()
-    m, k = x2d.shape
-    _PLANS[key] = LtPlan(quant, m, upper.shape[0], k, x2d.stride(0), x2d.dtype, x2d.device, w_scale, picks)
+    _PLANS[key] = plan
 
 
 def _quant_record(x2d: torch.Tensor, mode: torch.Tensor) -> tuple:
@@ -145,12 +154,10 @@ def lookup(x: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor, scale_exp: 
            bias: torch.Tensor | None) -> Plan | LtPlan | None:
     """The plan of this call if one was recorded and the call is eager in FP8 mode by the host mirror; the caller
     checks that its picks still hold (``Plan.picks``)."""
-    if not _PLANS or x.dim() != 2:
+    if not _PLANS or x.dim() != 2 or host_mode(mode) != "fp8":  # FP16-mode calls stop here, before the key
         return None
     p = _PLANS.get(_key(x, upper, mode, scale_exp, bias))
-    if p is None or host_mode(mode) != "fp8" or _capturing(x):
-        return None
-    return p
+    return None if p is None or _capturing(x) else p
 
 
 # Per (device, stream): a buffer for x's codes and scales, and its [M, K] / [M] views by (M, K). One buffer serves
@@ -187,10 +194,8 @@ def run(p: Plan, x: torch.Tensor, upper: torch.Tensor, mode: torch.Tensor,
     out = torch.empty((p.m, p.n), dtype=p.dtype, device=p.device)
     if not run_direct(p.quant, p.m, (x, q, s, mode, p.m, p.k, p.sx)):
         return None
-    if type(p) is LtPlan:  # as cublaslt_fp8.scaled_mm_into
-        torch._scaled_mm(q, upper.t(), scale_a=s_col, scale_b=p.w_scale, out_dtype=p.dtype, out=out)
-        if bias is not None:
-            out.add_(bias)
+    if type(p) is LtPlan:
+        cublaslt_fp8.scaled_mm_out(q, s_col, upper, p.w_scale, bias, out)
         return out
     run_direct(p.gemm, p.grid, (TmaArg(q, *p.q_desc), TmaArg(upper, *p.w_desc), out, s,
                                 out if bias is None else bias, mode, p.ws, p.sem, p.m, p.n, p.k, p.n, p.w_scale))

@@ -138,7 +138,7 @@ def launch(kernel, grid: int, args: tuple, consts: dict, num_warps: int, num_sta
     ``TmaArg`` descriptors (the Gluon kernel). ``pdl``: a programmatic dependent launch (Triton's
     ``launch_pdl``), which may start before the kernel before it ends.
     """
-    key = (id(kernel), num_warps, num_stages, pdl, spec, *consts.values())  # id: a JITFunction hashes slowly
+    key = _record_key(kernel, consts, num_warps, num_stages, spec, pdl)
     hit = _DIRECT.get(key)
     if hit is not None and run_direct(hit, grid, args):
         return
@@ -157,7 +157,12 @@ def direct_record(kernel, consts: dict, num_warps: int, num_stages: int, spec: t
     """The direct-launch record that ``launch`` made for these arguments (None before its first call, or
     where the compiled kernel's internals differ): for callers that prepare a launch once and then only
     ``run_direct`` it (``kernels.eager_fp8``)."""
-    return _DIRECT.get((id(kernel), num_warps, num_stages, pdl, spec, *consts.values()))
+    return _DIRECT.get(_record_key(kernel, consts, num_warps, num_stages, spec, pdl))
+
+
+def _record_key(kernel, consts: dict, num_warps: int, num_stages: int, spec: tuple, pdl: bool) -> tuple:
+    """What a direct-launch record is kept under (id: a JITFunction hashes slowly)."""
+    return (id(kernel), num_warps, num_stages, pdl, spec, *consts.values())
 
 
 def run_direct(hit: _Direct, grid: int, args: tuple) -> bool:

@@ -197,8 +197,7 @@ def nested_linear_picked(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tens
     elif name == "fp8" and fp8_on_cublaslt(x2d, upper):
         out = cublaslt_fp8.nested_fp8_scaled_mm(x2d, upper, mode, scale_exp, bias, quant)  # None if torch refused
         if out is not None and quant is None:  # what later eager calls like it reuse
-            eager_fp8.record_cublaslt(x2d, upper, mode, scale_exp, bias, cublaslt_fp8.weight_scale(upper, scale_exp),
-                                      _fp8_picks(x2d, upper))
+            eager_fp8.record_cublaslt(x2d, upper, mode, scale_exp, bias, lambda: _fp8_picks(x2d, upper))
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         if m and not eager and conditional(x2d):
@@ -296,7 +295,8 @@ def _launch(x2d: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, mode: t
         g8 = use_gluon_fp8(x2d, upper)
         _fp8_gemm(x2d, upper, mode, scale_exp, bias, out, given, g8, pdl=given is None)
         if g8 is not None and given is None and x2d.is_cuda:  # what later eager calls like it reuse
-            eager_fp8.record(x2d, upper, mode, scale_exp, bias, g8, USE_PDL and fp8_pdl(g8), _fp8_picks(x2d, upper))
+            eager_fp8.record(x2d, upper, mode, scale_exp, bias, g8, USE_PDL and fp8_pdl(g8),
+                             lambda: _fp8_picks(x2d, upper))
         return
     tile = use_gluon(x2d, upper, lower)
     cfg16 = None if tile else get_config("fp16", n, k, m)
