@@ -19,9 +19,17 @@ from policies.registry import build_policy
 CONTROLLER_NAME = "PrecisionController"
 
 
+def placement_bundles(cfg: AppConfig) -> list[dict[str, float]]:
+    """A replica's placement group. On GPUs, one bundle per engine worker: vLLM's Ray executor puts each worker,
+    with its one GPU, in its own bundle. The replica's CPUs go to the first. On CPUs the engine's workers are
+    processes of the replica (vLLM's multiprocessing executor), so one bundle holds them all."""
+    if not cfg.gpus_per_replica:
+        return [{"CPU": cfg.cpus_per_replica}]
+    return [{"CPU": cfg.cpus_per_replica, "GPU": 1}] + [{"GPU": 1}] * (cfg.engine_workers - 1)
+
+
 def llm_config(cfg: AppConfig) -> LLMConfig:
     """The vLLM engine every replica runs: the FP16 checkpoint, nested at load time."""
-    bundle = {"CPU": cfg.cpus_per_replica, "GPU": cfg.gpus_per_replica}
     return LLMConfig(
         model_loading_config={"model_id": cfg.model_id, "model_source": cfg.model_path or ensure_tiny_model()},
         engine_kwargs={
@@ -36,7 +44,7 @@ def llm_config(cfg: AppConfig) -> LLMConfig:
             "max_queued_requests": cfg.max_queued_requests,
             "ray_actor_options": {"num_cpus": 0},
         },
-        placement_group_config={"bundles": [bundle]},
+        placement_group_config={"bundles": placement_bundles(cfg)},
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}"}},
     )
 

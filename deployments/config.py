@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -46,6 +46,8 @@ class AppConfig(BaseSettings):
     )
     # CPU machines: logical CPUs reserved per replica (fractions let several replicas share a small box).
     cpus_per_replica: float = Field(0.5, ge=0)
+    # GPU machines: GPUs per replica, one per engine worker. Above one, the engine runs tensor-parallel over them
+    # (tensor_parallel_size in engine_kwargs defaults to gpus_per_replica / pipeline_parallel_size).
     gpus_per_replica: int = Field(0, ge=0)
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE per replica")
     max_ongoing_requests: int = Field(64, ge=1)
@@ -54,6 +56,29 @@ class AppConfig(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     precision: ReplicaPrecisionConfig = Field(default_factory=ReplicaPrecisionConfig)
     admin_token: str = Field("change-me", min_length=1)
+
+    @model_validator(mode="after")
+    def _workers_fit_the_gpus(self) -> "AppConfig":
+        """Each engine worker takes one GPU of the replica's. Why here: a mismatch otherwise surfaces as a
+        placement group that never schedules, or as vLLM's error from inside a replica, after the app started."""
+        if not self.gpus_per_replica:
+            return self
+        pp = int(self.engine_kwargs.get("pipeline_parallel_size", 1))
+        if "tensor_parallel_size" not in self.engine_kwargs and self.gpus_per_replica > 1:
+            if pp < 1 or self.gpus_per_replica % pp:
+                raise ValueError(f"gpus_per_replica={self.gpus_per_replica} is not a multiple of "
+                                 f"pipeline_parallel_size={pp}")
+            self.engine_kwargs["tensor_parallel_size"] = self.gpus_per_replica // pp
+        if self.engine_workers != self.gpus_per_replica:
+            raise ValueError(f"gpus_per_replica={self.gpus_per_replica}, but the engine runs {self.engine_workers} "
+                             f"workers (tensor_parallel_size x pipeline_parallel_size), one GPU each")
+        return self
+
+    @property
+    def engine_workers(self) -> int:
+        """The engine's worker processes per replica: tensor_parallel_size x pipeline_parallel_size."""
+        kw = self.engine_kwargs
+        return int(kw.get("tensor_parallel_size", 1)) * int(kw.get("pipeline_parallel_size", 1))
 
     @classmethod
     def settings_customise_sources(

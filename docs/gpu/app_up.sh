@@ -1,5 +1,5 @@
 # Start the whole app on the H200 box (Llama-3.1-8B shapes, dummy weights; one replica per GPU with
-# NESTEDFP_REPLICAS=N on an N-GPU box) unless it already answers,
+# NESTEDFP_REPLICAS=N on an N-GPU box, or NESTEDFP_GPUS_PER_REPLICA=G for tensor-parallel replicas) unless it already answers,
 # then smoke-test it. Source after docs/gpu/setup_box.sh:  source docs/gpu/app_up.sh OUTDIR
 # NESTEDFP_STEP_TOKENS sets vLLM's step budget (max_num_batched_tokens, the prefill chunk). Default 1792: the
 # fp16 steps of a prefill burst then take a median 48 ms under fp16_load, inside the 50-ms TPOT SLO, against 52 ms
@@ -10,7 +10,7 @@
 out=${1:?outdir}; mkdir -p "$out"
 [ -f /root/m8b/config.json ] || python3 -c "from deployments.tiny_model import dummy_weights_model_dir as d; d('/root/models/llama-3.1-8b', '/root/m8b')"
 export NESTEDFP_MODEL_PATH=/root/m8b NESTEDFP_MODEL_ID=llama-8b-dummy NESTEDFP_REPLICAS=${NESTEDFP_REPLICAS:-1} \
-  NESTEDFP_GPUS_PER_REPLICA=1 NESTEDFP_CPUS_PER_REPLICA=1 NESTEDFP_ADMIN_TOKEN=bench \
+  NESTEDFP_GPUS_PER_REPLICA=${NESTEDFP_GPUS_PER_REPLICA:-1} NESTEDFP_CPUS_PER_REPLICA=1 NESTEDFP_ADMIN_TOKEN=bench \
   NESTEDFP_MAX_ONGOING_REQUESTS=1024 NESTEDFP_MAX_QUEUED_REQUESTS=4096 \
   NESTEDFP_ENGINE_KWARGS="{\"load_format\": \"dummy\", \"max_model_len\": 8192, \"gpu_memory_utilization\": 0.85, \"max_num_seqs\": 256, \"max_num_batched_tokens\": ${NESTEDFP_STEP_TOKENS:-1792}, \"enable_prefix_caching\": false}"
 export NESTEDFP_STEP_LOG=${NESTEDFP_STEP_LOG:-$out/steps.jsonl}
