@@ -66,8 +66,8 @@ class AppConfig(BaseSettings):
         pp = int(self.engine_kwargs.get("pipeline_parallel_size", 1))
         if "tensor_parallel_size" not in self.engine_kwargs and self.gpus_per_replica > 1:
             if pp < 1 or self.gpus_per_replica % pp:
-                raise ValueError(f"gpus_per_replica={self.gpus_per_replica} is not a multiple of "
-                                 f"pipeline_parallel_size={pp}")
+                raise ValueError(f"pipeline_parallel_size={pp} must be >= 1 and divide "
+                                 f"gpus_per_replica={self.gpus_per_replica}")
             self.engine_kwargs["tensor_parallel_size"] = self.gpus_per_replica // pp
         if self.engine_workers != self.gpus_per_replica:
             raise ValueError(f"gpus_per_replica={self.gpus_per_replica}, but the engine runs {self.engine_workers} "

@@ -46,7 +46,7 @@ def test_pipeline_stages_share_the_gpus_with_tensor_parallelism():
 @pytest.mark.parametrize("gpus, kwargs, message", [
     (4, {"tensor_parallel_size": 2}, "runs 2 workers"),
     (1, {"tensor_parallel_size": 2}, "runs 2 workers"),
-    (3, {"pipeline_parallel_size": 2}, "not a multiple of pipeline_parallel_size=2"),
+    (3, {"pipeline_parallel_size": 2}, "pipeline_parallel_size=2 must be >= 1 and divide gpus_per_replica=3"),
 ])
 def test_workers_that_do_not_match_the_gpus_fail_at_config_time(gpus, kwargs, message):
     with pytest.raises(ValidationError, match=message):
