@@ -215,7 +215,12 @@ def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUO
       the entry (``op_eager_without_us``) by the same margin: where the GPU work is short, the host's enqueue
       sets an eager call's time.
     With several JSONs (repeated sweeps), an entry needs its win in each, and takes the first one's config.
-    ``update``: the table at ``out_path`` keeps its entries for the (N, K, M) these JSONs did not time."""
+    ``update``: the table at ``out_path`` keeps its entries for the (N, K, M) these JSONs did not time, and below
+    ``FP8_PDL_CHOICE_FROM_M`` those the sweeps would drop. Why: there the sweep times the op without an entry as
+    ``act_quant`` + the Triton GEMM, but in a CUDA graph (how vLLM runs those M) that op quantizes inside the FP16
+    launch instead, which can be far slower at long K: 70B.down at M = 256 took 161.7 us in graphs without its
+    entry, 124.0-129.1 with it (docs/BENCHMARKS.md, "Kernels v19"). So a sweep adds and replaces entries there
+    but does not remove one."""
     from kernels.triton_dispatch import LARGE_M_THRESHOLD  # imports this module
 
     paths = [sweep_jsons] if isinstance(sweep_jsons, str) else list(sweep_jsons)
@@ -258,6 +263,8 @@ def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUO
                 verdicts[key] = None
     configs: dict = {}
     for (shape, m), v in verdicts.items():
+        if v is None and m < FP8_PDL_CHOICE_FROM_M and old.get(shape, {}).get(str(m)):
+            v = old[shape][str(m)]  # kept: see the docstring's last point
         configs.setdefault(shape, {})[str(m)] = v
     configs = _merge_entries(old, configs)
     source = ",".join(Path(p).name for p in paths)

@@ -21,11 +21,13 @@ from tests.kernel_helpers import hopper_gluon_problem, nested_weights, rel_err, 
 
 needs_hopper = pytest.mark.skipif(hopper_gluon_problem() is not None, reason=str(hopper_gluon_problem()))
 TOL = {"fp16": 5e-3, "fp8": 5e-3}
-# (tile16, cfg8) pairs of the H200 tables' kinds: decode tiles, split-K on either side, 128-row tiles, and a
-# 9-stage FP16 ring (the deepest the table holds: the larger branch sets the launch's shared memory).
+# (tile16, cfg8) pairs of the H200 tables' kinds: decode tiles, split-K on either side, 128-row tiles, a
+# 9-stage FP16 ring (the deepest the table holds: the larger branch sets the launch's shared memory), and the
+# 128 x 256 pairs of M = 256 (8B.gate_up, 70B.qkv), whose two branches each take about 192 KiB.
 PAIRS = [((64, 16, 128, 5), (64, 16, 256, 5, 1)), ((64, 16, 128, 5, 2), (64, 16, 256, 10, 1)),
          ((64, 64, 128, 5), (64, 64, 256, 5, 2)), ((128, 16, 128, 5), (128, 16, 256, 5, 1)),
-         ((64, 128, 128, 4), (64, 128, 256, 4, 1)), ((64, 128, 64, 9), (64, 128, 256, 4, 1))]
+         ((64, 128, 128, 4), (64, 128, 256, 4, 1)), ((64, 128, 64, 9), (64, 128, 256, 4, 1)),
+         ((128, 256, 64, 4), (128, 256, 128, 4, 1)), ((128, 256, 64, 4), (128, 256, 64, 8, 1))]
 SHAPES = [(1, 4096, 2048), (7, 200, 528), (33, 1008, 1056), (64, 384, 4096), (100, 3024, 2048)]
 
 

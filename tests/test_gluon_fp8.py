@@ -175,6 +175,22 @@ def test_table_writer_with_repeated_sweeps_needs_each_to_agree_and_update_keeps_
     assert table["source"] == "old.json (d), then sweep0.json,sweep1.json"
 
 
+def test_table_writer_update_below_512_adds_and_replaces_entries_but_does_not_drop_one(tmp_path):
+    """Below 512 the sweep's rival is act_quant + the Triton GEMM, not the graph path without an entry (the FP16
+    launch quantizing), so a sweep that finds the Triton op faster leaves an existing entry in place."""
+    import json
+
+    out = tmp_path / "table.json"
+    out.write_text(json.dumps(dict(source="old.json", date="d", configs={
+        "256x512": {"64": [64, 64, 256, 5, 1], "256": [128, 128, 128, 5, 1]}})))
+    row = dict(shape="s", n=256, k=512, best_us=5.0, triton_fp8_us=9.0)
+    rows = [dict(row, m=64, best_cfg=[64, 64, 256, 4, 1], op_triton_us=10.0, op_gluon_pdl_us=8.0),  # replaced
+            dict(row, m=256, best_cfg=[128, 256, 128, 4, 1], op_triton_us=10.0, op_gluon_pdl_us=11.0),  # kept
+            dict(row, m=128, best_cfg=[64, 128, 256, 4, 1], op_triton_us=10.0, op_gluon_pdl_us=11.0)]  # none
+    table = tuning.write_gluon_fp8_table(_write_sweeps(tmp_path, rows), str(out), update=True)
+    assert table["configs"] == {"256x512": {"64": [64, 64, 256, 4, 1], "128": None, "256": [128, 128, 128, 5, 1]}}
+
+
 def _recorded_launches(monkeypatch, gluon8):
     """The dispatcher's launches for one call, recorded instead of run (CPU tensors, no GPU)."""
     calls = []
