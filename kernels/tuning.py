@@ -219,8 +219,8 @@ def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUO
     ``FP8_PDL_CHOICE_FROM_M`` those the sweeps would drop. Why: there the sweep times the op without an entry as
     ``act_quant`` + the Triton GEMM, but in a CUDA graph (how vLLM runs those M) that op quantizes inside the FP16
     launch instead, which can be far slower at long K: 70B.down at M = 256 took 161.7 us in graphs without its
-    entry, 124.0-129.1 with it (docs/BENCHMARKS.md, "Kernels v19"). So a sweep adds and replaces entries there
-    but does not remove one."""
+    entry, 130.1 with it (docs/BENCHMARKS.md, "Kernels v19"). So a sweep adds and replaces entries there but does
+    not remove one."""
     from kernels.triton_dispatch import LARGE_M_THRESHOLD  # imports this module
 
     paths = [sweep_jsons] if isinstance(sweep_jsons, str) else list(sweep_jsons)
