@@ -95,7 +95,7 @@ def test_table_lookup_takes_the_next_measured_m_caps_the_token_tile_and_stops_pa
     assert tuning.gluon_fp8_config(6144, 4096, 17)[1] <= 32  # token tile capped at M's power of two
     largest = max(int(m) for m in entries)
     assert tuning.gluon_fp8_config(6144, 4096, largest + 1) is None  # past the largest measured M: not measured
-    assert tuning.gluon_fp8_config(1000, 1000, 16) is None  # a shape the table lacks
+    assert tuning.gluon_fp8_config(1000, 1008, 16) == tuning.gluon_fp8_heuristic_config(1000, 16)  # not in it
 
 
 def test_every_table_config_is_one_the_sweep_checked():
@@ -105,6 +105,19 @@ def test_every_table_config_is_one_the_sweep_checked():
         for m, cfg in entries.items():
             assert cfg is None or tuple(cfg[:5]) in G.check_configs(), (shape, m, cfg)
             assert cfg is None or len(cfg) == (6 if int(m) >= tuning.FP8_PDL_CHOICE_FROM_M else 5), (shape, m, cfg)
+
+
+@pytest.mark.parametrize("n", [1000, 4096, 8448, 8449, 28672])
+def test_shapes_the_table_lacks_get_a_checked_config_up_to_m_256_by_their_weight_rows(n):
+    """128-row tiles once N / 64 exceeds the H200's 132 SMs, 64-row tiles below; token tiles as M needs."""
+    for m in (1, 7, 16, 17, 64, 65, 128, 200, 256):
+        cfg = tuning.gluon_fp8_heuristic_config(n, m)
+        # a config the sweep checks, its token tile narrowed to what M needs (as table entries are)
+        assert any(c[0] == cfg[0] and c[1] >= cfg[1] and c[2:] == cfg[2:] for c in G.check_configs()), (n, m, cfg)
+        assert cfg[1] <= tuning.token_cap(m), (n, m, cfg)
+        if m <= 128:
+            assert cfg[0] == (128 if n > 64 * 132 else 64), (n, m, cfg)
+    assert tuning.gluon_fp8_heuristic_config(n, 257) is None
 
 
 def test_table_writer_picks_gluon_only_where_the_op_path_ran_faster(tmp_path):
