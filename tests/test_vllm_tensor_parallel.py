@@ -3,6 +3,7 @@ and a precision switch reaches every rank. How a replica over several GPUs runs 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -31,10 +32,14 @@ def sharded(tiny_model):
     llm.llm_engine.engine_core.shutdown()
 
 
-def rank_shards(tiny_model: str, heads: int = 4, kv_heads: int = 2, head_dim: int = 32) -> list[dict]:
+def rank_shards(tiny_model: str) -> list[dict]:
     """The checkpoint's linear weights as vLLM's tensor-parallel layers split them, per rank: column-parallel
     layers (qkv_proj, gate_up_proj) by output rows, each fused part on its own; row-parallel ones (o_proj,
     down_proj) by input columns."""
+    with open(os.path.join(tiny_model, "config.json")) as f:
+        cfg = json.load(f)
+    heads, kv_heads, head_dim = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    assert heads % TP == 0 and kv_heads % TP == 0, "each rank holds whole heads (no KV-head replication)"
     full = checkpoint_linear_weights(tiny_model)
     shards = [{} for _ in range(TP)]
     for name, w in full.items():
