@@ -143,15 +143,18 @@ def _gluon_table() -> dict:
     return _load(GLUON_TABLE_PATH, "tiles")
 
 
-def _measured_entry(entries: dict, m: int, past_last: bool) -> list | None:
+def _token_capped(tile, m: int) -> tuple:
+    """A Gluon tile or config with its token tile (second element) no wider than M needs (16 at least)."""
+    return (tile[0], min(tile[1], token_cap(m)), *tile[2:])
+
+
+def _measured_entry(entries: dict, m: int, past_last: bool) -> tuple | None:
     """A Gluon table's entry of the smallest measured M >= m; past the largest measured M, that one's
-    (``past_last``) or None. Token tiles capped at what M needs (16 at least)."""
+    (``past_last``) or None. Token tiles capped at what M needs."""
     measured = sorted(int(v) for v in entries)
     key = next((v for v in measured if v >= m), measured[-1] if past_last else None)
     entry = entries[str(key)] if key is not None else None
-    if entry is None:
-        return None
-    return [entry[0], min(entry[1], token_cap(m)), *entry[2:]]
+    return _token_capped(entry, m) if entry is not None else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -161,10 +164,8 @@ def gluon_tile(n: int, k: int, m: int) -> GluonTile | None:
     tiles never wider than M needs (16 at least)."""
     entries = _gluon_table().get(f"{n}x{k}")
     if not entries:
-        tile = gluon_heuristic_tile(m)
-        return (tile[0], min(tile[1], token_cap(m)), *tile[2:])
-    entry = _measured_entry(entries, m, past_last=True)
-    return tuple(entry) if entry else None
+        return _token_capped(gluon_heuristic_tile(m), m)
+    return _measured_entry(entries, m, past_last=True)
 
 
 @functools.cache
@@ -197,8 +198,7 @@ def gluon_fp8_config(n: int, k: int, m: int) -> GluonFp8Config | None:
     entries = _load(GLUON_FP8_TABLE_PATH, "configs").get(f"{n}x{k}")
     if not entries:
         return gluon_fp8_heuristic_config(n, m)
-    entry = _measured_entry(entries, m, past_last=False)
-    return tuple(entry) if entry else None
+    return _measured_entry(entries, m, past_last=False)
 
 
 H200_SMS = 132
@@ -221,7 +221,7 @@ def gluon_fp8_heuristic_config(n: int, m: int) -> GluonFp8Config | None:
         cfg = (128, 128, 128, 5, 1) if n > 4096 else (64, 128, 256, 4, 1)
     else:
         return None
-    return (cfg[0], min(cfg[1], token_cap(m)), *cfg[2:])
+    return _token_capped(cfg, m)
 
 
 def write_gluon_fp8_table(sweep_jsons: str | list[str], out_path: str = str(GLUON_FP8_TABLE_PATH),
